@@ -1,0 +1,47 @@
+# The two commands a fresh machine needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck unit bench db-migrate db-rollback db-status install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/birthday-scheduler db migrate
+	exec $(BIN)/birthday-scheduler all
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest
+
+unit: $(STAMP)
+	$(BIN)/pytest tests/unit
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+db-migrate: $(STAMP)
+	$(BIN)/birthday-scheduler db migrate
+
+db-rollback: $(STAMP)
+	$(BIN)/birthday-scheduler db rollback
+
+db-status: $(STAMP)
+	$(BIN)/birthday-scheduler db status
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

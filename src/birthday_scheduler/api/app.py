@@ -1,0 +1,42 @@
+"""The FastAPI application, assembled from a ready ApiContext (no globals, no import-time I/O)."""
+
+from __future__ import annotations
+
+from fastapi import Depends, FastAPI
+
+from birthday_scheduler import __version__
+from birthday_scheduler.api import health
+from birthday_scheduler.api.context import ApiContext
+from birthday_scheduler.api.middleware import BodyGuardMiddleware, ObservabilityMiddleware
+from birthday_scheduler.api.problems import install_problem_handlers
+from birthday_scheduler.api.security import RateLimiter, TokenAuth
+from birthday_scheduler.users.routes import build_router as users_router
+
+DESCRIPTION = """Sends every user a birthday message at 09:00 in their own time zone, exactly once.
+
+Errors are `application/problem+json` (RFC 9457); validation errors list each field and why.
+`/users*` needs `Authorization: Bearer <token>` when the service runs with API_TOKENS.
+"""
+
+
+def create_app(context: ApiContext) -> FastAPI:
+    app = FastAPI(
+        title="birthday-scheduler",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+        redoc_url=None,
+    )
+    app.state.context = context
+    install_problem_handlers(app)
+    tokens = tuple(token.get_secret_value() for token in context.settings.api_tokens)
+    guards = [
+        Depends(TokenAuth(tokens)),
+        Depends(RateLimiter(context.settings.rate_limit_per_minute)),
+    ]
+    app.include_router(users_router(guards))
+    app.include_router(health.build_router())
+    app.add_middleware(BodyGuardMiddleware, max_body_bytes=context.settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware)
+    return app

@@ -1,0 +1,137 @@
+"""ASGI middleware: request ids, access logs and metrics by route template, body guards."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from birthday_scheduler.api.problems import problem_response
+from birthday_scheduler.errors import ProblemError
+from birthday_scheduler.infra.logging import get_logger
+from birthday_scheduler.infra.metrics import HTTP_DURATION, HTTP_REQUESTS
+
+log = get_logger("birthday_scheduler.http")
+_BODY_METHODS = {"POST", "PUT", "PATCH"}
+_QUIET_ROUTES = {"/metrics", "/alive", "/ready", "/health"}
+
+
+class ObservabilityMiddleware:
+    """Binds a request id, logs one line per request and records the runbook's metrics.
+
+    The route label is the template (`/users/{user_id}`), never the raw path, so labels stay
+    bounded and carry no ids.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        supplied = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
+        request_id = supplied if supplied.isprintable() and supplied else str(uuid.uuid4())
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"].append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            try:
+                await self.app(scope, receive, send_wrapper)
+            finally:
+                elapsed = time.perf_counter() - started
+                route = _route_template(scope)
+                method = scope["method"]
+                HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
+                HTTP_DURATION.labels(method=method, route=route).observe(elapsed)
+                if route not in _QUIET_ROUTES or status >= 500:
+                    log.info(
+                        "http.request",
+                        method=method,
+                        route=route,
+                        status=status,
+                        duration_ms=round(elapsed * 1000, 2),
+                    )
+
+
+def _route_template(scope: Scope) -> str:
+    route: Any = scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
+
+
+class BodyGuardMiddleware:
+    """413 for bodies over the limit (declared or streamed), 415 for bodies that are not JSON."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
+            await self._reject(scope, send, _too_large(self.max_body_bytes))
+            return
+        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+        if not (content_type == "application/json" or content_type.endswith("+json")):
+            problem = ProblemError(
+                415, "Unsupported Media Type", "Send the body as application/json."
+            )
+            await self._reject(scope, send, problem)
+            return
+
+        # Bodies are small (a user is well under a kilobyte): read it whole, then replay it.
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._reject(scope, send, _too_large(self.max_body_bytes))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _reject(scope: Scope, send: Send, problem: ProblemError) -> None:
+        response = problem_response(problem, scope.get("path"))
+        await response(scope, _empty_receive, send)
+
+
+def _too_large(limit: int) -> ProblemError:
+    return ProblemError(413, "Content Too Large", f"The body must not exceed {limit} bytes.")
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}

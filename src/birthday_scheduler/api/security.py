@@ -1,0 +1,63 @@
+"""Bearer-token auth and a per-client rate limit for the /users endpoints."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from birthday_scheduler.errors import ProblemError
+
+
+@dataclass(frozen=True)
+class TokenAuth:
+    tokens: tuple[str, ...]
+
+    def __call__(self, request: Request) -> None:
+        if not self.tokens:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, supplied = header.partition(" ")
+        # Compare against every token so the time taken does not reveal which one matched.
+        valid = scheme.lower() == "bearer" and any(
+            [hmac.compare_digest(supplied.encode(), token.encode()) for token in self.tokens]
+        )
+        if not valid:
+            raise ProblemError(
+                401,
+                "Unauthorized",
+                "Send a valid token as `Authorization: Bearer <token>`.",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+
+@dataclass(eq=False)  # FastAPI caches dependencies by hash: identity is what we want
+class RateLimiter:
+    """A token bucket per client address: `per_minute` requests, refilled continuously."""
+
+    per_minute: int
+    max_clients: int = 10_000
+    _buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
+
+    def __call__(self, request: Request) -> None:
+        if self.per_minute <= 0:
+            return
+        client = request.client.host if request.client else "unknown"
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(client, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60)
+        if tokens < 1:
+            self._buckets[client] = (tokens, now)
+            retry = max(1, round((1 - tokens) * 60 / self.per_minute))
+            raise ProblemError(
+                429,
+                "Too Many Requests",
+                "Slow down and retry later.",
+                headers={"Retry-After": str(retry)},
+            )
+        self._buckets[client] = (tokens - 1, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)

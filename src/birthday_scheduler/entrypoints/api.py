@@ -1,0 +1,27 @@
+"""`birthday-scheduler api`: the HTTP API alone."""
+
+from __future__ import annotations
+
+from birthday_scheduler.api.app import create_app
+from birthday_scheduler.entrypoints import runtime
+from birthday_scheduler.infra.logging import get_logger
+from birthday_scheduler.settings import Settings
+
+log = get_logger(__name__)
+
+
+async def main(settings: Settings) -> None:
+    settings.require_safe_api_binding()
+    if not settings.api_tokens:
+        log.warning("api.unauthenticated", reason="API_TOKENS not set; bound to loopback only")
+    stop = runtime.stop_on_signals()
+    broker = runtime.build_broker(settings, embedded_allowed=False)
+    async with runtime.open_resources(settings, broker=broker) as resources:
+        app = create_app(runtime.api_context(resources))
+        log.info("api.started", host=settings.host, port=settings.port)
+        await runtime.run_until_stopped(
+            stop,
+            runtime.serve_http(app, settings.host, settings.port, stop),
+            runtime.refresh_gauges(resources, stop),
+        )
+    log.info("api.stopped")

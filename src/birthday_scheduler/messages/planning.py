@@ -1,0 +1,147 @@
+"""Planning rules: when each user's messages fire, and what a re-plan or a delete does.
+
+Pure time math lives in timemath.py; SQL in repository.py. Nothing here commits: the caller's
+unit of work does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages.kinds import KINDS, MessageKind, PlanningFacts
+from birthday_scheduler.messages.models import MessageStatus
+from birthday_scheduler.messages.timemath import (
+    Occurrence,
+    next_occurrence,
+    occurrence_in_year,
+    zone_for,
+)
+
+# Ledger ids are derived from the schedule, so the same occasion always has the same id and
+# idempotency key, whichever replica plans it and however often.
+LEDGER_NAMESPACE = uuid.UUID("6f1f5a0e-8d8e-4f39-9d0c-5b1c1f0e2b7a")
+
+
+def ledger_id(user_id: uuid.UUID, kind: str, occasion: date) -> uuid.UUID:
+    return uuid.uuid5(LEDGER_NAMESPACE, f"{user_id}/{kind}/{occasion.isoformat()}")
+
+
+@dataclass(frozen=True)
+class PlanningPolicy:
+    send_time: time
+    catch_up_window: timedelta
+    publish_grace: timedelta  # how long a planned row may wait for its publish
+
+
+def facts_of(
+    date_of_birth: date, timezone: str | None, timezone_offset_minutes: int | None
+) -> PlanningFacts:
+    return PlanningFacts(
+        date_of_birth=date_of_birth, zone=zone_for(timezone, timezone_offset_minutes)
+    )
+
+
+def _first_open_occurrence(
+    kind: MessageKind,
+    facts: PlanningFacts,
+    send_time: time,
+    now: datetime,
+    done_years: set[int],
+) -> Occurrence | None:
+    anchor = kind.anchor(facts)
+    if anchor is None:
+        return None
+    occurrence = next_occurrence(anchor, facts.zone, send_time, now)
+    while occurrence.local_date.year in done_years:
+        occurrence = occurrence_in_year(
+            anchor, facts.zone, send_time, occurrence.local_date.year + 1
+        )
+    return occurrence
+
+
+async def plan_user(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    facts: PlanningFacts,
+    policy: PlanningPolicy,
+    now: datetime,
+    *,
+    replan: bool = False,
+) -> datetime | None:
+    """Plan (or re-plan) every kind for one user; returns the next instant a message fires.
+
+    A re-plan first cancels messages not yet handed to the message service, and never plans a
+    year whose message was already sent: one message per kind per year, whatever the edits.
+    """
+    if replan:
+        await repo.cancel_unstarted(session, user_id, now)
+    fires: list[datetime] = []
+    for kind in KINDS.values():
+        done = await repo.delivered_years(session, user_id, kind.name) if replan else set()
+        occurrence = _first_open_occurrence(kind, facts, policy.send_time, now, done)
+        if occurrence is None:
+            continue
+        await repo.upsert_schedule(
+            session,
+            repo.ScheduleAdvance(user_id, kind.name, occurrence.instant, occurrence.local_date),
+        )
+        fires.append(occurrence.instant)
+    return min(fires, default=None)
+
+
+async def forget_user(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
+    """A deleted user: nothing further is planned and nothing unsent goes out."""
+    await repo.delete_schedules(session, user_id)
+    await repo.cancel_unstarted(session, user_id, now)
+
+
+@dataclass(frozen=True)
+class TickPlan:
+    rows: list[repo.NewLedgerRow]
+    advances: list[repo.ScheduleAdvance]
+    # Schedules of a kind no longer defined (or an occasion the user no longer has).
+    dropped: list[tuple[uuid.UUID, str]]
+
+
+def plan_due(due: Sequence[repo.DueSchedule], policy: PlanningPolicy, now: datetime) -> TickPlan:
+    """Pure: the ledger rows and schedule advances for schedules that have come due.
+
+    A message found later than the catch-up window is recorded as skipped, never dropped.
+    """
+    plan = TickPlan(rows=[], advances=[], dropped=[])
+    for schedule in due:
+        kind = KINDS.get(schedule.kind)
+        facts = facts_of(
+            schedule.date_of_birth, schedule.timezone, schedule.timezone_offset_minutes
+        )
+        anchor = kind.anchor(facts) if kind else None
+        if anchor is None:
+            plan.dropped.append((schedule.user_id, schedule.kind))
+            continue
+        late = now - schedule.next_fire_at > policy.catch_up_window
+        plan.rows.append(
+            repo.NewLedgerRow(
+                id=ledger_id(schedule.user_id, schedule.kind, schedule.occasion_date),
+                user_id=schedule.user_id,
+                kind=schedule.kind,
+                occasion_date=schedule.occasion_date,
+                status=MessageStatus.SKIPPED if late else MessageStatus.PENDING,
+                scheduled_at=schedule.next_fire_at,
+                lease_until=None if late else now + policy.publish_grace,
+            )
+        )
+        following = occurrence_in_year(
+            anchor, facts.zone, policy.send_time, schedule.occasion_date.year + 1
+        )
+        plan.advances.append(
+            repo.ScheduleAdvance(
+                schedule.user_id, schedule.kind, following.instant, following.local_date
+            )
+        )
+    return plan

@@ -1,0 +1,409 @@
+"""SQL for the planning table and the ledger. Rules live in planning.py and delivery/."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import cast
+
+from sqlalchemy import Table, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from birthday_scheduler.infra.sql import rowcount, upsert
+from birthday_scheduler.messages.models import (
+    ACTIVE_STATUSES,
+    FINISHED_STATUSES,
+    MessageLog,
+    MessageSchedule,
+    MessageStatus,
+)
+from birthday_scheduler.users.models import User
+
+S = MessageStatus
+_schedules = cast(Table, MessageSchedule.__table__)
+_ledger = cast(Table, MessageLog.__table__)
+# A worker may claim these; `sending` only once its holder's lease has run out.
+_CLAIMABLE = (S.PENDING, S.QUEUED, S.FAILED)
+# Not yet handed to the message service, so a re-plan or a delete may still cancel them.
+_UNSTARTED = (S.PENDING, S.QUEUED, S.FAILED)
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    user_id: uuid.UUID
+    kind: str
+    next_fire_at: datetime
+    occasion_date: date
+    date_of_birth: date
+    timezone: str | None
+    timezone_offset_minutes: int | None
+
+
+@dataclass(frozen=True)
+class NewLedgerRow:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    kind: str
+    occasion_date: date
+    status: MessageStatus
+    scheduled_at: datetime
+    lease_until: datetime | None
+
+
+@dataclass(frozen=True)
+class ScheduleAdvance:
+    user_id: uuid.UUID
+    kind: str
+    next_fire_at: datetime
+    occasion_date: date
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    id: uuid.UUID
+    user_id: uuid.UUID
+    kind: str
+    attempts: int
+    idempotency_key: str
+    first_name: str
+    last_name: str
+    email: str
+    user_deleted: bool
+
+
+# --- planning table --------------------------------------------------------------------------
+
+
+async def upsert_schedule(session: AsyncSession, advance: ScheduleAdvance) -> None:
+    values = {
+        "user_id": advance.user_id,
+        "kind": advance.kind,
+        "next_fire_at": advance.next_fire_at,
+        "occasion_date": advance.occasion_date,
+    }
+    stmt = upsert(session, _schedules).values(values)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["user_id", "kind"],
+        set_={"next_fire_at": advance.next_fire_at, "occasion_date": advance.occasion_date},
+    )
+    await session.execute(stmt)
+
+
+async def delete_schedules(session: AsyncSession, user_id: uuid.UUID) -> None:
+    await session.execute(delete(_schedules).where(_schedules.c.user_id == user_id))
+
+
+async def drop_schedules(session: AsyncSession, keys: Sequence[tuple[uuid.UUID, str]]) -> None:
+    for user_id, kind in keys:
+        await session.execute(
+            delete(_schedules).where(_schedules.c.user_id == user_id, _schedules.c.kind == kind)
+        )
+
+
+async def next_fire_at(
+    session: AsyncSession, user_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, datetime]:
+    """The earliest planned instant per user, over all kinds."""
+    if not user_ids:
+        return {}
+    rows = await session.execute(
+        select(MessageSchedule.user_id, func.min(MessageSchedule.next_fire_at))
+        .where(MessageSchedule.user_id.in_(user_ids))
+        .group_by(MessageSchedule.user_id)
+    )
+    return {user_id: fire for user_id, fire in rows.all()}
+
+
+async def claim_due_schedules(
+    session: AsyncSession, now: datetime, limit: int
+) -> list[DueSchedule]:
+    """Lock up to `limit` schedules due at `now`; other replicas skip the locked ones."""
+    stmt = (
+        select(
+            MessageSchedule.user_id,
+            MessageSchedule.kind,
+            MessageSchedule.next_fire_at,
+            MessageSchedule.occasion_date,
+            User.date_of_birth,
+            User.timezone,
+            User.timezone_offset_minutes,
+        )
+        .join(User, User.id == MessageSchedule.user_id)
+        .where(MessageSchedule.next_fire_at <= now)
+        .order_by(MessageSchedule.next_fire_at)
+        .limit(limit)
+        .with_for_update(of=MessageSchedule, skip_locked=True)
+    )
+    rows = await session.execute(stmt)
+    return [DueSchedule(*row) for row in rows.all()]
+
+
+async def advance_schedules(session: AsyncSession, advances: Sequence[ScheduleAdvance]) -> None:
+    if not advances:
+        return
+    c = _schedules.c
+    await session.execute(
+        update(_schedules)
+        .where(c.user_id == bindparam("b_user", type_=c.user_id.type))
+        .where(c.kind == bindparam("b_kind", type_=c.kind.type))
+        .values(
+            next_fire_at=bindparam("b_fire", type_=c.next_fire_at.type),
+            occasion_date=bindparam("b_date", type_=c.occasion_date.type),
+        ),
+        [
+            {
+                "b_user": a.user_id,
+                "b_kind": a.kind,
+                "b_fire": a.next_fire_at,
+                "b_date": a.occasion_date,
+            }
+            for a in advances
+        ],
+    )
+
+
+# --- ledger ----------------------------------------------------------------------------------
+
+
+async def insert_ledger_rows(
+    session: AsyncSession, rows: Sequence[NewLedgerRow], now: datetime
+) -> list[tuple[uuid.UUID, MessageStatus]]:
+    """Insert planned rows; returns (id, status) of the rows written.
+
+    A row that already exists for (user, kind, date) means "already planned" and is left
+    alone, unless it was cancelled by a re-plan that came back to the same date: then it is
+    planned again (same id, so the same idempotency key).
+    """
+    if not rows:
+        return []
+    stmt = upsert(session, _ledger).values(
+        [
+            {
+                "id": row.id,
+                "user_id": row.user_id,
+                "kind": row.kind,
+                "occasion_date": row.occasion_date,
+                "idempotency_key": str(row.id),
+                "status": row.status.value,
+                "attempts": 0,
+                "scheduled_at": row.scheduled_at,
+                "not_before": row.scheduled_at,
+                "lease_until": row.lease_until,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for row in rows
+        ]
+    )
+    revived = stmt.excluded
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["user_id", "kind", "occasion_date"],
+        set_={
+            "status": revived.status,
+            "attempts": 0,
+            "last_error": None,
+            "scheduled_at": revived.scheduled_at,
+            "not_before": revived.not_before,
+            "lease_until": revived.lease_until,
+            "updated_at": revived.updated_at,
+        },
+        where=_ledger.c.status == S.CANCELLED.value,
+    ).returning(_ledger.c.id, _ledger.c.status)
+    result = await session.execute(stmt)
+    return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
+
+
+async def mark_queued(
+    session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, lease: timedelta
+) -> None:
+    """After a confirmed publish: the queue holds these rows until the lease runs out."""
+    if not ids:
+        return
+    await session.execute(
+        update(_ledger)
+        .where(_ledger.c.id.in_(ids), _ledger.c.status.in_([S.PENDING, S.FAILED]))
+        .values(status=S.QUEUED.value, lease_until=now + lease, updated_at=now)
+    )
+
+
+async def claim_stale(
+    session: AsyncSession, now: datetime, limit: int, grace: timedelta
+) -> list[uuid.UUID]:
+    """Rows whose holder is presumed lost (or whose retry is due), leased for re-publishing.
+
+    Covers committed-but-unpublished `pending` rows, `queued` rows the broker lost, `sending`
+    rows of a killed worker (handed back as `queued`; the attempt stays counted) and `failed`
+    rows whose retry time has come.
+    """
+    c = _ledger.c
+    stale = (
+        select(c.id)
+        .where(c.status.in_([s.value for s in ACTIVE_STATUSES]), c.lease_until <= now)
+        .order_by(c.lease_until)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = await session.execute(
+        update(_ledger)
+        .where(c.id.in_(stale))
+        .values(
+            status=case((c.status == S.SENDING.value, S.QUEUED.value), else_=c.status),
+            lease_until=now + grace,
+            updated_at=now,
+        )
+        .returning(c.id)
+    )
+    return list(result.scalars())
+
+
+async def claim_for_sending(
+    session: AsyncSession, message_id: uuid.UUID, now: datetime, lease: timedelta
+) -> ClaimedMessage | None:
+    """The only way into `sending`: a conditional update, so two workers never both win."""
+    c = _ledger.c
+    result = await session.execute(
+        update(_ledger)
+        .where(
+            c.id == message_id,
+            c.not_before <= now,
+            or_(
+                c.status.in_([s.value for s in _CLAIMABLE]),
+                and_(c.status == S.SENDING.value, c.lease_until <= now),
+            ),
+        )
+        .values(
+            status=S.SENDING.value,
+            attempts=c.attempts + 1,
+            lease_until=now + lease,
+            updated_at=now,
+        )
+        .returning(c.id, c.user_id, c.kind, c.attempts, c.idempotency_key)
+    )
+    claimed = result.one_or_none()
+    if claimed is None:
+        return None
+    user = (
+        await session.execute(
+            select(User.first_name, User.last_name, User.email, User.deleted_at).where(
+                User.id == claimed[1]
+            )
+        )
+    ).one()
+    return ClaimedMessage(
+        id=claimed[0],
+        user_id=claimed[1],
+        kind=claimed[2],
+        attempts=claimed[3],
+        idempotency_key=claimed[4],
+        first_name=user.first_name,
+        last_name=user.last_name,
+        email=user.email,
+        user_deleted=user.deleted_at is not None,
+    )
+
+
+async def record_outcome(
+    session: AsyncSession,
+    message_id: uuid.UUID,
+    attempt: int,
+    status: MessageStatus,
+    now: datetime,
+    *,
+    error: str | None = None,
+    retry_at: datetime | None = None,
+) -> bool:
+    """Record what an attempt came to. Fenced by the attempt number, so a worker that lost
+    its lease (and whose row was handed to another) cannot overwrite the newer outcome."""
+    c = _ledger.c
+    values: dict[str, object] = {"status": status.value, "updated_at": now}
+    if status == S.SENT:
+        values |= {"sent_at": now, "last_error": None, "lease_until": None}
+    elif status == S.FAILED:
+        assert retry_at is not None
+        values |= {"not_before": retry_at, "lease_until": retry_at, "last_error": error}
+    else:
+        values |= {"lease_until": None, "last_error": error}
+    result = await session.execute(
+        update(_ledger)
+        .where(c.id == message_id, c.status == S.SENDING.value, c.attempts == attempt)
+        .values(values)
+    )
+    return bool(rowcount(result))
+
+
+async def status_of(session: AsyncSession, message_id: uuid.UUID) -> MessageStatus | None:
+    value = await session.scalar(select(_ledger.c.status).where(_ledger.c.id == message_id))
+    return None if value is None else MessageStatus(value)
+
+
+async def cancel_unstarted(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> int:
+    result = await session.execute(
+        update(_ledger)
+        .where(_ledger.c.user_id == user_id, _ledger.c.status.in_([s.value for s in _UNSTARTED]))
+        .values(status=S.CANCELLED.value, lease_until=None, updated_at=now)
+    )
+    return rowcount(result)
+
+
+async def delivered_years(session: AsyncSession, user_id: uuid.UUID, kind: str) -> set[int]:
+    """Years whose occasion was sent, or is being sent right now: never planned again."""
+    rows = await session.execute(
+        select(_ledger.c.occasion_date).where(
+            _ledger.c.user_id == user_id,
+            _ledger.c.kind == kind,
+            _ledger.c.status.in_([S.SENT.value, S.SENDING.value]),
+        )
+    )
+    return {occasion.year for occasion in rows.scalars()}
+
+
+async def history(session: AsyncSession, user_id: uuid.UUID, limit: int) -> list[MessageLog]:
+    rows = await session.execute(
+        select(MessageLog)
+        .where(MessageLog.user_id == user_id)
+        .order_by(MessageLog.scheduled_at.desc())
+        .limit(limit)
+    )
+    return list(rows.scalars())
+
+
+async def reset_for_replay(
+    session: AsyncSession, message_id: uuid.UUID, now: datetime, grace: timedelta
+) -> bool:
+    """A dead row gets a fresh set of attempts (DLQ replay); it is published after commit."""
+    c = _ledger.c
+    result = await session.execute(
+        update(_ledger)
+        .where(c.id == message_id, c.status == S.DEAD.value)
+        .values(
+            status=S.PENDING.value,
+            attempts=0,
+            not_before=now,
+            lease_until=now + grace,
+            updated_at=now,
+        )
+    )
+    return bool(rowcount(result))
+
+
+async def purge_finished(session: AsyncSession, older_than: datetime, limit: int) -> int:
+    """Delete finished rows last touched before `older_than`, at most `limit` per call."""
+    c = _ledger.c
+    victims = (
+        select(c.id)
+        .where(c.status.in_([s.value for s in FINISHED_STATUSES]), c.updated_at < older_than)
+        .limit(limit)
+        .scalar_subquery()
+    )
+    result = await session.execute(delete(_ledger).where(c.id.in_(victims)))
+    return rowcount(result)
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    rows = await session.execute(
+        select(c_status := _ledger.c.status, func.count()).group_by(c_status)
+    )
+    return {status: count for status, count in rows.all()}

@@ -1,0 +1,131 @@
+"""The scheduler: each tick plans what has come due, then publishes after the commit.
+
+Safe as several replicas: schedules are claimed with FOR UPDATE SKIP LOCKED, ledger rows are
+unique per (user, kind, local date), and the broker only ever carries committed ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from birthday_scheduler.clock import Clock
+from birthday_scheduler.errors import BrokerError
+from birthday_scheduler.infra.broker.base import Broker
+from birthday_scheduler.infra.db import unit_of_work
+from birthday_scheduler.infra.logging import get_logger
+from birthday_scheduler.infra.metrics import (
+    MESSAGES_PLANNED,
+    MESSAGES_PROCESSED,
+    SCHEDULER_LAST_TICK,
+    SCHEDULER_TICK_DURATION,
+)
+from birthday_scheduler.messages import heartbeat
+from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages.models import MessageStatus
+from birthday_scheduler.messages.planning import PlanningPolicy, plan_due
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TickReport:
+    planned: int
+    skipped: int
+    republished: int
+    duration_ms: float
+
+
+@dataclass
+class Scheduler:
+    sessions: async_sessionmaker[AsyncSession]
+    broker: Broker
+    clock: Clock
+    policy: PlanningPolicy
+    batch_size: int
+    lease: timedelta  # how long the queue may hold a row before it is published again
+    replica: str = "scheduler"
+
+    async def tick(self, now: datetime) -> TickReport:
+        """Plan every schedule due at `now`, then re-publish rows whose holder was lost."""
+        started = time.perf_counter()
+        planned = skipped = 0
+        while True:
+            batch_planned, batch_skipped, full = await self._plan_batch(now)
+            planned += batch_planned
+            skipped += batch_skipped
+            if not full:
+                break
+        republished = await self._republish_stale(now)
+        async with unit_of_work(self.sessions) as session:
+            await heartbeat.beat(session, self.replica, now)
+        duration = time.perf_counter() - started
+        SCHEDULER_TICK_DURATION.observe(duration)
+        SCHEDULER_LAST_TICK.set(now.timestamp())
+        report = TickReport(planned, skipped, republished, round(duration * 1000, 2))
+        log.info(
+            "scheduler.tick",
+            planned=planned,
+            skipped=skipped,
+            republished=republished,
+            duration_ms=report.duration_ms,
+        )
+        return report
+
+    async def _plan_batch(self, now: datetime) -> tuple[int, int, bool]:
+        async with unit_of_work(self.sessions) as session:
+            due = await repo.claim_due_schedules(session, now, self.batch_size)
+            plan = plan_due(due, self.policy, now)
+            written = await repo.insert_ledger_rows(session, plan.rows, now)
+            await repo.advance_schedules(session, plan.advances)
+            await repo.drop_schedules(session, plan.dropped)
+        pending = [row_id for row_id, status in written if status == MessageStatus.PENDING]
+        skipped = sum(1 for _, status in written if status == MessageStatus.SKIPPED)
+        MESSAGES_PLANNED.inc(len(pending))
+        MESSAGES_PROCESSED.labels(outcome="skipped").inc(skipped)
+        if skipped:
+            log.warning("scheduler.messages_skipped", count=skipped, reason="past catch-up window")
+        await self._publish(pending, now)
+        return len(pending), skipped, len(due) >= self.batch_size
+
+    async def _republish_stale(self, now: datetime) -> int:
+        total = 0
+        while True:
+            async with unit_of_work(self.sessions) as session:
+                ids = await repo.claim_stale(
+                    session, now, self.batch_size, self.policy.publish_grace
+                )
+            await self._publish(ids, now)
+            total += len(ids)
+            if len(ids) < self.batch_size:
+                return total
+
+    async def _publish(self, ids: list[uuid.UUID], now: datetime) -> None:
+        """Publish committed rows; on failure they stay leased and the sweep retries them."""
+        if not ids:
+            return
+        try:
+            await self.broker.publish(ids)
+        except BrokerError as exc:
+            log.error("scheduler.publish_failed", count=len(ids), error=str(exc))
+            return
+        async with unit_of_work(self.sessions) as session:
+            await repo.mark_queued(session, ids, now, self.lease)
+
+    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
+        """Tick until `stop` is set; a failed tick is logged and the next one tries again."""
+        log.info("scheduler.started", interval_ms=round(interval_s * 1000))
+        while not stop.is_set():
+            try:
+                await self.tick(self.clock.now())
+            except Exception as exc:
+                log.error("scheduler.tick_failed", error=type(exc).__name__, detail=str(exc)[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        log.info("scheduler.stopped")

@@ -1,0 +1,81 @@
+"""Test helpers shared by every layer: a settable clock, factories, database plumbing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+class FakeClock:
+    """A clock tests move by hand; monotonic time moves with it."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self._now = now or datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+        self._mono = 1_000.0
+
+    def now(self) -> datetime:
+        return self._now
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def set(self, now: datetime) -> None:
+        self._mono += (now - self._now).total_seconds()
+        self._now = now
+
+    def advance(self, **delta: float) -> datetime:
+        self.set(self._now + timedelta(**delta))
+        return self._now
+
+
+def user_body(**overrides: Any) -> dict[str, Any]:
+    """A valid POST /users body with a unique email; override any field."""
+    body: dict[str, Any] = {
+        "firstName": "Ada",
+        "lastName": "Lovelace",
+        "email": f"user-{uuid.uuid4().hex[:12]}@example.com",
+        "dateOfBirth": "1990-07-01",
+        "timezoneOffset": 0,
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not ...}
+
+
+def pg_url(database: str) -> str:
+    return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
+
+
+async def pg_admin(*statements: str) -> None:
+    conn = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+async def drop_database(name: str) -> None:
+    await pg_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float = 20.0, interval: float = 0.05
+) -> None:
+    """Poll `check` until it is true or the deadline passes (no fixed sleeps in tests)."""
+    deadline = time.monotonic() + within
+    while True:
+        if await check():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
