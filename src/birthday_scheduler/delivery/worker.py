@@ -1,0 +1,163 @@
+"""The worker: claim a ledger row, send it through the breaker, record the outcome, then ack.
+
+Thin shell around the ledger: returning from `handle` acks the broker message, raising hands it
+back. Only the conditional update into `sending` may lead to a send, so redeliveries and
+replicas never send one row twice, and the Idempotency-Key covers a send whose outcome was
+lost.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from birthday_scheduler.clock import Clock
+from birthday_scheduler.delivery.backoff import retry_delay
+from birthday_scheduler.delivery.breaker import CircuitBreaker
+from birthday_scheduler.delivery.client import Outcome, SendResult
+from birthday_scheduler.infra.broker.base import Broker
+from birthday_scheduler.infra.db import unit_of_work
+from birthday_scheduler.infra.logging import get_logger
+from birthday_scheduler.infra.metrics import DELIVERY_DURATION, MESSAGES_PROCESSED
+from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages.kinds import Recipient, kind_named
+from birthday_scheduler.messages.models import MessageStatus
+
+log = get_logger(__name__)
+
+
+class Sender(Protocol):
+    async def send(self, email: str, message: str, idempotency_key: str) -> SendResult: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int
+    base_delay_s: float
+    max_delay_s: float
+
+
+@dataclass
+class DeliveryWorker:
+    sessions: async_sessionmaker[AsyncSession]
+    broker: Broker
+    sender: Sender
+    breaker: CircuitBreaker
+    clock: Clock
+    retry: RetryPolicy
+    lease: timedelta  # longer than one send may take; then the row is presumed abandoned
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def handle(self, message_id: uuid.UUID) -> None:
+        # The breaker comes first: while it is open, messages wait without spending attempts.
+        await self.breaker.acquire()
+        reported = False
+        try:
+            reported = await self._deliver(message_id)
+        finally:
+            if not reported:
+                self.breaker.release()
+
+    async def _deliver(self, message_id: uuid.UUID) -> bool:
+        """Returns True once the breaker has been told how the call went."""
+        now = self.clock.now()
+        async with unit_of_work(self.sessions) as session:
+            claimed = await repo.claim_for_sending(session, message_id, now, self.lease)
+            if claimed is None:
+                status = await repo.status_of(session, message_id)
+            elif claimed.user_deleted:
+                await repo.record_outcome(
+                    session, claimed.id, claimed.attempts, MessageStatus.CANCELLED, now
+                )
+        if claimed is None:
+            # Sent, finished, held by another worker, or not due yet: the ledger knows, and
+            # the sweep re-publishes whatever still needs sending.
+            log.debug("message.not_claimable", message_id=str(message_id), status=status)
+            return False
+        if claimed.user_deleted:
+            MESSAGES_PROCESSED.labels(outcome="cancelled").inc()
+            return False
+
+        text = kind_named(claimed.kind).render(
+            Recipient(claimed.first_name, claimed.last_name, claimed.email)
+        )
+        started = time.perf_counter()
+        result = await self.sender.send(claimed.email, text, claimed.idempotency_key)
+        DELIVERY_DURATION.observe(time.perf_counter() - started)
+        if result.outcome is Outcome.RETRYABLE:
+            self.breaker.record_failure()
+        else:
+            # A 4xx is the service answering: it is up, whatever it thought of this message.
+            self.breaker.record_success()
+        await self._record(claimed, result, self.clock.now())
+        return True
+
+    async def _record(
+        self, claimed: repo.ClaimedMessage, result: SendResult, now: datetime
+    ) -> None:
+        context = {"message_id": str(claimed.id), "kind": claimed.kind, "attempt": claimed.attempts}
+        if result.outcome is Outcome.SENT:
+            await self._write(claimed, MessageStatus.SENT, now)
+            MESSAGES_PROCESSED.labels(outcome="sent").inc()
+            log.info("message.sent", **context)
+            return
+        if result.outcome is Outcome.RETRYABLE and claimed.attempts < self.retry.max_attempts:
+            delay = retry_delay(
+                claimed.attempts,
+                self.retry.base_delay_s,
+                self.retry.max_delay_s,
+                result.retry_after_s,
+                self.rng,
+            )
+            retry_at = now + timedelta(seconds=delay)
+            await self._write(
+                claimed, MessageStatus.FAILED, now, error=result.reason, retry_at=retry_at
+            )
+            MESSAGES_PROCESSED.labels(outcome="retried").inc()
+            log.warning(
+                "message.retry_scheduled", **context, reason=result.reason, delay_s=round(delay, 3)
+            )
+            return
+        reason = (
+            result.reason
+            if result.outcome is Outcome.PERMANENT
+            else f"attempts spent ({claimed.attempts}): {result.reason}"
+        )
+        # The DLQ copy goes first, so a row marked dead always has its copy there.
+        await self.broker.publish_dead(claimed.id, reason, now)
+        await self._write(claimed, MessageStatus.DEAD, now, error=reason)
+        MESSAGES_PROCESSED.labels(outcome="dead").inc()
+        log.error("message.dead_lettered", **context, reason=reason)
+
+    async def _write(
+        self,
+        claimed: repo.ClaimedMessage,
+        status: MessageStatus,
+        now: datetime,
+        *,
+        error: str | None = None,
+        retry_at: datetime | None = None,
+    ) -> None:
+        async with unit_of_work(self.sessions) as session:
+            recorded = await repo.record_outcome(
+                session,
+                claimed.id,
+                claimed.attempts,
+                status,
+                now,
+                error=error[:500] if error else None,
+                retry_at=retry_at,
+            )
+        if not recorded:
+            log.warning(
+                "message.outcome_superseded",
+                message_id=str(claimed.id),
+                attempt=claimed.attempts,
+                status=status.value,
+            )
