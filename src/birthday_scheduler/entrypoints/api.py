@@ -21,7 +21,7 @@ async def main(settings: Settings) -> None:
         log.info("api.started", host=settings.host, port=settings.port)
         await runtime.run_until_stopped(
             stop,
-            runtime.serve_http(app, settings.host, settings.port, stop),
+            runtime.serve_http(app, settings.host, settings.port, stop, settings.shutdown_grace_s),
             runtime.refresh_gauges(resources, stop),
         )
     log.info("api.stopped")

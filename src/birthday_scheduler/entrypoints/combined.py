@@ -55,7 +55,9 @@ async def main(settings: Settings) -> None:
             log.info("all.started", host=settings.host, port=settings.port)
             await runtime.run_until_stopped(
                 stop,
-                runtime.serve_http(app, settings.host, settings.port, stop),
+                runtime.serve_http(
+                    app, settings.host, settings.port, stop, settings.shutdown_grace_s
+                ),
                 scheduler.run(stop, settings.scheduler_interval_ms / 1000),
                 consume_until_stopped(resources, worker, stop),
                 runtime.refresh_gauges(resources, stop),

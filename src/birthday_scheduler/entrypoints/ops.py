@@ -25,4 +25,6 @@ def create_ops_app(context: ApiContext) -> FastAPI:
 
 async def serve_ops(context: ApiContext, settings: Settings, stop: asyncio.Event) -> None:
     port = settings.metrics_port if settings.metrics_port is not None else DEFAULT_METRICS_PORT
-    await runtime.serve_http(create_ops_app(context), settings.host, port, stop)
+    await runtime.serve_http(
+        create_ops_app(context), settings.host, port, stop, settings.shutdown_grace_s
+    )

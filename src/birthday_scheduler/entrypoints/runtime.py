@@ -179,9 +179,18 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve_http(app: FastAPI, host: str, port: int, stop: asyncio.Event) -> None:
+async def serve_http(
+    app: FastAPI, host: str, port: int, stop: asyncio.Event, grace_s: float = 30.0
+) -> None:
+    """Serve until `stop`; then finish requests in flight for up to `grace_s` seconds."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, access_log=False, lifespan="off"
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=int(grace_s),
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve())

@@ -95,14 +95,12 @@ class UsersService:
             for key in ("date_of_birth", "timezone", "timezone_offset_minutes")
         )
         await repo.update_user(session, user_id, {**values, "updated_at": now})
+        await session.refresh(user)  # the UPDATE bypassed the identity map
         if replan:
-            await session.refresh(user)
             facts = planning.facts_of(
                 user.date_of_birth, user.timezone, user.timezone_offset_minutes
             )
             await planning.plan_user(session, user_id, facts, self.policy, now, replan=True)
-        else:
-            await session.refresh(user)
         return await self.get(session, user_id)
 
     async def delete(self, session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
