@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import Depends, FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from birthday_scheduler import __version__
 from birthday_scheduler.api import health
@@ -39,4 +42,20 @@ def create_app(context: ApiContext) -> FastAPI:
     app.include_router(health.build_router())
     app.add_middleware(BodyGuardMiddleware, max_body_bytes=context.settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)
+    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
+    """Invalid input is 400 problem+json here (never FastAPI's 422): document it so."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            schema.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

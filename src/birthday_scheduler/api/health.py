@@ -109,7 +109,12 @@ def circuit_breaker(context: ApiContext) -> Component:
 async def scheduler(context: ApiContext) -> Component:
     if context.scheduler_last_tick is None:
         return Component("disabled", details={"reason": "no scheduler heartbeat source"})
-    last = await context.scheduler_last_tick()
+    try:
+        last = await asyncio.wait_for(context.scheduler_last_tick(), CHECK_TIMEOUT_S)
+    except Exception as exc:
+        # The heartbeat lives in the database: an unreachable or unmigrated one makes this
+        # component down, never the health endpoint itself fail with a 500.
+        return Component("down", details={"error": type(exc).__name__})
     if last is None:
         return Component("down", details={"lastTickAt": None})
     age = (context.clock.now() - last).total_seconds()

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import structlog
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from birthday_scheduler.api.problems import problem_response
@@ -69,7 +70,15 @@ class ObservabilityMiddleware:
 def _route_template(scope: Scope) -> str:
     route: Any = scope.get("route")
     path = getattr(route, "path", None)
-    return str(path) if path else "unmatched"
+    if path:
+        return str(path)
+    # Plain Starlette routes (/docs, /openapi.json) do not record themselves in the scope.
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return str(candidate.path)
+    return "unmatched"
 
 
 class BodyGuardMiddleware:

@@ -1,0 +1,29 @@
+"""The OpenAPI document at /docs describes the users API as it behaves."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+
+@pytest.fixture
+def database_url(sqlite_database_url: str) -> str:
+    return sqlite_database_url
+
+
+async def test_docs_and_schema(client: httpx.AsyncClient) -> None:
+    docs = await client.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
+    schema = (await client.get("/openapi.json")).json()
+    paths = schema["paths"]
+    assert set(paths["/users"]) == {"get", "post"}
+    assert set(paths["/users/{user_id}"]) == {"get", "put", "patch", "delete"}
+    assert "get" in paths["/users/{user_id}/messages"]
+    post = paths["/users"]["post"]
+    assert {"201", "400", "401", "409", "429"} <= set(post["responses"])
+    assert "422" not in post["responses"]
+    body = schema["components"]["schemas"]["UserWrite"]
+    assert body["additionalProperties"] is False
+    assert {"firstName", "lastName", "email", "dateOfBirth"} <= set(body["required"])
+    assert {"timezone", "timezoneOffset"} <= set(body["properties"])
