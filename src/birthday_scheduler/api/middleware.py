@@ -75,9 +75,9 @@ def _route_template(scope: Scope) -> str:
     # Plain Starlette routes (/docs, /openapi.json) do not record themselves in the scope.
     app = scope.get("app")
     for candidate in getattr(getattr(app, "router", None), "routes", ()):
-        match, _ = candidate.matches(scope)
-        if match is Match.FULL:
-            return str(candidate.path)
+        template = getattr(candidate, "path", None)
+        if template and candidate.matches(scope)[0] is Match.FULL:
+            return str(template)
     return "unmatched"
 
 

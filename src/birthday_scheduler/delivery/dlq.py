@@ -1,5 +1,11 @@
-"""Dead-letter inspection and replay. The ledger row is reset and committed before the message
-is published again, and the DLQ copy is removed only after that publish is confirmed."""
+"""Dead-letter inspection and replay.
+
+The ledger row is reset and committed first; from then on the scheduler's sweep publishes it
+even if this process dies, so the DLQ copy is no longer needed and is removed *before* the
+message is published again. Removed after the publish, it could race a worker that already
+failed the replayed message again and put a fresh copy there: the scan would take that one
+too, leaving a `dead` row with no copy in the DLQ.
+"""
 
 from __future__ import annotations
 
@@ -41,12 +47,12 @@ async def replay(
         for message_id in chosen:
             if await repo.reset_for_replay(session, message_id, now, lease):
                 reset.append(message_id)
+    if chosen:
+        await broker.take_dead_letters(chosen)
     if reset:
         await broker.publish(reset)
         async with unit_of_work(sessions) as session:
             await repo.mark_queued(session, reset, now, lease)
-    if chosen:
-        await broker.take_dead_letters(chosen)
     return ReplayReport(
         replayed=reset, not_dead=[i for i in chosen if i not in reset], missing=missing
     )

@@ -76,6 +76,9 @@ def configure_logging(level: LogLevel = "info", fmt: str = "json") -> None:
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            # Again, last: tracebacks (a unique violation quotes the email) and stdlib `extra`
+            # fields only exist from here on.
+            _mask_emails,
             _rename_event,
             renderer,
         ],

@@ -8,7 +8,24 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import cast
 
-from sqlalchemy import Table, and_, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (
+    Date,
+    DateTime,
+    String,
+    Table,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    null,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.infra.sql import rowcount, upsert
@@ -28,6 +45,7 @@ _ledger = cast(Table, MessageLog.__table__)
 _CLAIMABLE = (S.PENDING, S.QUEUED, S.FAILED)
 # Not yet handed to the message service, so a re-plan or a delete may still cancel them.
 _UNSTARTED = (S.PENDING, S.QUEUED, S.FAILED)
+_MAX_IDS_PER_STATEMENT = 10_000
 
 
 @dataclass(frozen=True)
@@ -140,8 +158,37 @@ async def claim_due_schedules(
     return [DueSchedule(*row) for row in rows.all()]
 
 
+# PostgreSQL advances a whole batch in one statement joined to the new values as arrays; an
+# executemany (the portable form below) pays a statement's overhead per schedule, which
+# dominated planning a large wave of due messages.
+_ADVANCE_FROM_ARRAYS = text(
+    """
+    UPDATE message_schedules AS s
+    SET next_fire_at = v.next_fire_at, occasion_date = v.occasion_date
+    FROM unnest(:user_ids, :kinds, :fires, :dates) AS v(user_id, kind, next_fire_at, occasion_date)
+    WHERE s.user_id = v.user_id AND s.kind = v.kind
+    """
+).bindparams(
+    bindparam("user_ids", type_=ARRAY(Uuid())),
+    bindparam("kinds", type_=ARRAY(String())),
+    bindparam("fires", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("dates", type_=ARRAY(Date())),
+)
+
+
 async def advance_schedules(session: AsyncSession, advances: Sequence[ScheduleAdvance]) -> None:
     if not advances:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        await session.execute(
+            _ADVANCE_FROM_ARRAYS,
+            {
+                "user_ids": [a.user_id for a in advances],
+                "kinds": [a.kind for a in advances],
+                "fires": [a.next_fire_at for a in advances],
+                "dates": [a.occasion_date for a in advances],
+            },
+        )
         return
     c = _schedules.c
     await session.execute(
@@ -178,32 +225,33 @@ async def insert_ledger_rows(
     """
     if not rows:
         return []
-    stmt = upsert(session, _ledger).values(
-        [
-            {
-                "id": row.id,
-                "user_id": row.user_id,
-                "kind": row.kind,
-                "occasion_date": row.occasion_date,
-                "idempotency_key": str(row.id),
-                "status": row.status.value,
-                "attempts": 0,
-                "scheduled_at": row.scheduled_at,
-                "not_before": row.scheduled_at,
-                "lease_until": row.lease_until,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for row in rows
-        ]
-    )
+    params = [
+        {
+            "id": row.id,
+            "user_id": row.user_id,
+            "kind": row.kind,
+            "occasion_date": row.occasion_date,
+            "idempotency_key": str(row.id),
+            "status": row.status.value,
+            "attempts": 0,
+            "scheduled_at": row.scheduled_at,
+            "not_before": row.scheduled_at,
+            "lease_until": row.lease_until,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for row in rows
+    ]
+    stmt = upsert(session, _ledger)
     revived = stmt.excluded
     stmt = stmt.on_conflict_do_update(
         index_elements=["user_id", "kind", "occasion_date"],
         set_={
             "status": revived.status,
             "attempts": 0,
-            "last_error": None,
+            # null(), not None: a None here becomes a bound parameter in the SET clause, and
+            # SQLAlchemy then sends the upsert one row at a time instead of in batches.
+            "last_error": null(),
             "scheduled_at": revived.scheduled_at,
             "not_before": revived.not_before,
             "lease_until": revived.lease_until,
@@ -211,21 +259,40 @@ async def insert_ledger_rows(
         },
         where=_ledger.c.status == S.CANCELLED.value,
     ).returning(_ledger.c.id, _ledger.c.status)
-    result = await session.execute(stmt)
+    # One statement with a parameter list: SQLAlchemy's "insertmanyvalues" sends it as
+    # multi-row INSERTs from one cached compilation. Building `.values([...])` instead compiles
+    # a new statement with a bind parameter per cell on every call, which cost about 1 s per
+    # thousand rows.
+    result = await session.execute(stmt, params)
     return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
 
 
 async def mark_queued(
     session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, lease: timedelta
 ) -> None:
-    """After a confirmed publish: the queue holds these rows until the lease runs out."""
-    if not ids:
-        return
-    await session.execute(
-        update(_ledger)
-        .where(_ledger.c.id.in_(ids), _ledger.c.status.in_([S.PENDING, S.FAILED]))
-        .values(status=S.QUEUED.value, lease_until=now + lease, updated_at=now)
-    )
+    """After a confirmed publish: the queue holds these rows until the lease runs out.
+
+    `queued` rows are included: the sweep re-publishes them (a lost `queued` row, a `sending`
+    row handed back) with only the publish grace as lease, and without the full lease here
+    they would be published again every grace period while they wait in a long queue.
+    """
+    # In slices: SCHEDULER_BATCH_SIZE allows more ids than a statement may carry parameters
+    # (32,767 with asyncpg).
+    for start in range(0, len(ids), _MAX_IDS_PER_STATEMENT):
+        chunk = ids[start : start + _MAX_IDS_PER_STATEMENT]
+        await session.execute(
+            update(_ledger)
+            .where(
+                _ledger.c.id.in_(chunk),
+                _ledger.c.status.in_([S.PENDING, S.QUEUED, S.FAILED]),
+                # Only rows as the publisher left them (every caller stamped them with this
+                # `now`): a worker may have claimed a row and recorded its outcome between the
+                # publish and this update, and a `failed` with a fresh retry time turned into
+                # `queued` would wait a whole lease for a message no queue holds.
+                _ledger.c.updated_at == now,
+            )
+            .values(status=S.QUEUED.value, lease_until=now + lease, updated_at=now)
+        )
 
 
 async def claim_stale(
