@@ -72,7 +72,8 @@ class MessageLog(Base):
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("users.id", ondelete="CASCADE"))
     kind: Mapped[str] = mapped_column(String(32))
     occasion_date: Mapped[date] = mapped_column(Date)
-    idempotency_key: Mapped[str] = mapped_column(String(80), unique=True)
+    # The row id as text: unique through the primary key, so it carries no index of its own.
+    idempotency_key: Mapped[str] = mapped_column(String(80))
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(500))
@@ -96,7 +97,6 @@ class MessageLog(Base):
             postgresql_where=text(f"status IN ({_ACTIVE_SQL})"),
             sqlite_where=text(f"status IN ({_ACTIVE_SQL})"),
         ),
-        Index("ix_message_logs_user", "user_id", "scheduled_at"),
         Index(
             "ix_message_logs_finished_updated",
             "updated_at",

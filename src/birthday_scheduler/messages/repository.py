@@ -41,6 +41,7 @@ from birthday_scheduler.users.models import User
 S = MessageStatus
 _schedules = cast(Table, MessageSchedule.__table__)
 _ledger = cast(Table, MessageLog.__table__)
+_users = cast(Table, User.__table__)
 # A worker may claim these; `sending` only once its holder's lease has run out.
 _CLAIMABLE = (S.PENDING, S.QUEUED, S.FAILED)
 # Not yet handed to the message service, so a re-plan or a delete may still cancel them.
@@ -138,21 +139,24 @@ async def claim_due_schedules(
     session: AsyncSession, now: datetime, limit: int
 ) -> list[DueSchedule]:
     """Lock up to `limit` schedules due at `now`; other replicas skip the locked ones."""
+    # Core columns, not ORM entities: this runs every tick, and the ORM's per-statement
+    # overhead was most of an idle tick's cost.
+    s, u = _schedules.c, _users.c
     stmt = (
         select(
-            MessageSchedule.user_id,
-            MessageSchedule.kind,
-            MessageSchedule.next_fire_at,
-            MessageSchedule.occasion_date,
-            User.date_of_birth,
-            User.timezone,
-            User.timezone_offset_minutes,
+            s.user_id,
+            s.kind,
+            s.next_fire_at,
+            s.occasion_date,
+            u.date_of_birth,
+            u.timezone,
+            u.timezone_offset_minutes,
         )
-        .join(User, User.id == MessageSchedule.user_id)
-        .where(MessageSchedule.next_fire_at <= now)
-        .order_by(MessageSchedule.next_fire_at)
+        .join(_users, u.id == s.user_id)
+        .where(s.next_fire_at <= now)
+        .order_by(s.next_fire_at)
         .limit(limit)
-        .with_for_update(of=MessageSchedule, skip_locked=True)
+        .with_for_update(of=_schedules, skip_locked=True)
     )
     rows = await session.execute(stmt)
     return [DueSchedule(*row) for row in rows.all()]
@@ -352,11 +356,10 @@ async def claim_for_sending(
     claimed = result.one_or_none()
     if claimed is None:
         return None
+    u = _users.c
     user = (
         await session.execute(
-            select(User.first_name, User.last_name, User.email, User.deleted_at).where(
-                User.id == claimed[1]
-            )
+            select(u.first_name, u.last_name, u.email, u.deleted_at).where(u.id == claimed[1])
         )
     ).one()
     return ClaimedMessage(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -34,6 +34,18 @@ from birthday_scheduler.messages.planning import PlanningPolicy, plan_due
 log = get_logger(__name__)
 
 
+# Health calls a scheduler stale after a minute without a heartbeat; a few seconds is plenty.
+HEARTBEAT_EVERY = timedelta(seconds=5)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    planned: int
+    skipped: int
+    republished: int
+    full: bool
+
+
 @dataclass(frozen=True)
 class TickReport:
     planned: int
@@ -51,20 +63,23 @@ class Scheduler:
     batch_size: int
     lease: timedelta  # how long the queue may hold a row before it is published again
     replica: str = "scheduler"
+    _last_beat: datetime | None = field(default=None, init=False)
 
     async def tick(self, now: datetime) -> TickReport:
-        """Plan every schedule due at `now`, then re-publish rows whose holder was lost."""
+        """Plan every schedule due at `now` and re-publish rows whose holder was lost.
+
+        Both happen in one transaction per batch, so an idle tick is a single round of reads.
+        """
         started = time.perf_counter()
-        planned = skipped = 0
+        planned = skipped = republished = 0
         while True:
-            batch_planned, batch_skipped, full = await self._plan_batch(now)
-            planned += batch_planned
-            skipped += batch_skipped
-            if not full:
+            batch = await self._batch(now)
+            planned += batch.planned
+            skipped += batch.skipped
+            republished += batch.republished
+            if not batch.full:
                 break
-        republished = await self._republish_stale(now)
-        async with unit_of_work(self.sessions) as session:
-            await heartbeat.beat(session, self.replica, now)
+        await self._beat(now)
         duration = time.perf_counter() - started
         SCHEDULER_TICK_DURATION.observe(duration)
         SCHEDULER_LAST_TICK.set(now.timestamp())
@@ -78,33 +93,38 @@ class Scheduler:
         )
         return report
 
-    async def _plan_batch(self, now: datetime) -> tuple[int, int, bool]:
+    async def _batch(self, now: datetime) -> _Batch:
         async with unit_of_work(self.sessions) as session:
             due = await repo.claim_due_schedules(session, now, self.batch_size)
-            plan = plan_due(due, self.policy, now)
-            written = await repo.insert_ledger_rows(session, plan.rows, now)
-            await repo.advance_schedules(session, plan.advances)
-            await repo.drop_schedules(session, plan.dropped)
+            written: list[tuple[uuid.UUID, MessageStatus]] = []
+            if due:
+                plan = plan_due(due, self.policy, now)
+                written = await repo.insert_ledger_rows(session, plan.rows, now)
+                await repo.advance_schedules(session, plan.advances)
+                await repo.drop_schedules(session, plan.dropped)
+            stale = await repo.claim_stale(session, now, self.batch_size, self.policy.publish_grace)
         pending = [row_id for row_id, status in written if status == MessageStatus.PENDING]
         skipped = sum(1 for _, status in written if status == MessageStatus.SKIPPED)
         MESSAGES_PLANNED.inc(len(pending))
-        MESSAGES_PROCESSED.labels(outcome="skipped").inc(skipped)
         if skipped:
+            MESSAGES_PROCESSED.labels(outcome="skipped").inc(skipped)
             log.warning("scheduler.messages_skipped", count=skipped, reason="past catch-up window")
-        await self._publish(pending, now)
-        return len(pending), skipped, len(due) >= self.batch_size
+        # After the commit: nothing is published before its row exists.
+        await self._publish([*pending, *stale], now)
+        return _Batch(
+            planned=len(pending),
+            skipped=skipped,
+            republished=len(stale),
+            full=len(due) >= self.batch_size or len(stale) >= self.batch_size,
+        )
 
-    async def _republish_stale(self, now: datetime) -> int:
-        total = 0
-        while True:
-            async with unit_of_work(self.sessions) as session:
-                ids = await repo.claim_stale(
-                    session, now, self.batch_size, self.policy.publish_grace
-                )
-            await self._publish(ids, now)
-            total += len(ids)
-            if len(ids) < self.batch_size:
-                return total
+    async def _beat(self, now: datetime) -> None:
+        """Record the heartbeat every HEARTBEAT_EVERY, not every tick: it is a durable write."""
+        if self._last_beat is not None and now - self._last_beat < HEARTBEAT_EVERY:
+            return
+        async with unit_of_work(self.sessions) as session:
+            await heartbeat.beat(session, self.replica, now)
+        self._last_beat = now
 
     async def _publish(self, ids: list[uuid.UUID], now: datetime) -> None:
         """Publish committed rows; on failure they stay leased and the sweep retries them."""

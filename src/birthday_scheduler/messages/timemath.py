@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone, tzinfo
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
 __all__ = [
@@ -142,7 +142,13 @@ def send_instant(local_date: date, send_time: time, zone: tzinfo) -> datetime:
 
 def occurrence_in_year(anniversary: date, zone: tzinfo, send_time: time, year: int) -> Occurrence:
     """The occasion in local calendar year `year` (whether or not it is in the past)."""
-    local_date = occasion_date(anniversary, year)
+    return _occurrence(anniversary.month, anniversary.day, zone, send_time, year)
+
+
+@lru_cache(maxsize=65_536)
+def _occurrence(month: int, day: int, zone: tzinfo, send_time: time, year: int) -> Occurrence:
+    # Users share birthdays and zones, so a due wave repeats the same few thousand answers.
+    local_date = occasion_date(date(2000, month, day), year)
     return Occurrence(local_date=local_date, instant=send_instant(local_date, send_time, zone))
 
 
