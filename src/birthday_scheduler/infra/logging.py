@@ -87,6 +87,8 @@ def configure_logging(level: LogLevel = "info", fmt: str = "json") -> None:
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
+    # Python warnings become log lines too, so stdout and stderr carry nothing but JSON.
+    logging.captureWarnings(True)
     root.setLevel(_LEVELS[level])
     # uvicorn installs its own handlers; route them to ours. Its access log is replaced by
     # our request log, which carries the route template instead of the raw path.
