@@ -26,6 +26,7 @@ from birthday_scheduler.simulator.app import RunningSimulator, SimulatorConfig, 
 from pipeline_support import (
     Seeded,
     assert_each_sent_once,
+    configure,
     control,
     ledger,
     seed_due,
@@ -161,6 +162,15 @@ async def test_a_worker_killed_mid_delivery_loses_and_repeats_nothing(
     await cluster.spawn("scheduler")
     doomed = await cluster.spawn("worker")
     await eventually(lambda: in_flight(sessions, at_least=5), within=30)
+    # Slow the service down (still inside the 3 s lease) so that the worker surely holds calls
+    # in flight when it dies, however busy this machine is.
+    started = (await control(simulator, "GET", "/stats"))["requests"]
+    await configure(simulator, latency_ms=2_500)
+
+    async def slow_calls_in_flight() -> bool:
+        return (await control(simulator, "GET", "/stats"))["requests"] >= started + 5
+
+    await eventually(slow_calls_in_flight, within=30)
 
     doomed.send_signal(signal.SIGKILL)
     assert await asyncio.wait_for(doomed.wait(), timeout=10) == -signal.SIGKILL
@@ -174,6 +184,7 @@ async def test_a_worker_killed_mid_delivery_loses_and_repeats_nothing(
     }
     assert orphans
 
+    await configure(simulator, latency_ms=50)
     await cluster.spawn("worker")
     await finish(sessions, simulator, seeded)
     rows = await ledger(sessions)
