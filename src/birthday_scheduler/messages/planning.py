@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from functools import lru_cache
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,9 +43,11 @@ class PlanningPolicy:
 def facts_of(
     date_of_birth: date, timezone: str | None, timezone_offset_minutes: int | None
 ) -> PlanningFacts:
-    return PlanningFacts(
-        date_of_birth=date_of_birth, zone=zone_for(timezone, timezone_offset_minutes)
-    )
+    return PlanningFacts(date_of_birth=date_of_birth, zone=_zone(timezone, timezone_offset_minutes))
+
+
+# A due wave looks up the same few hundred zones thousands of times.
+_zone = lru_cache(maxsize=4096)(zone_for)
 
 
 def _first_open_occurrence(

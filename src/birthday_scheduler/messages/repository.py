@@ -17,6 +17,7 @@ from sqlalchemy import (
     Table,
     Uuid,
     and_,
+    any_,
     bindparam,
     case,
     delete,
@@ -29,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.dml import ReturningUpdate, Update
 
 from birthday_scheduler.infra.sql import rowcount, upsert
 from birthday_scheduler.messages.models import (
@@ -238,6 +239,8 @@ async def insert_ledger_rows(
     """
     if not rows:
         return []
+    if session.get_bind().dialect.name == "postgresql":
+        return await _insert_ledger_rows_from_arrays(session, rows, now)
     params = [
         {
             "id": row.id,
@@ -280,6 +283,76 @@ async def insert_ledger_rows(
     return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
 
 
+# PostgreSQL takes a whole batch as a handful of arrays: one statement, no per-cell bind
+# processing, and the same ON CONFLICT rules as the portable form below.
+_INSERT_LEDGER_FROM_ARRAYS = text(
+    """
+    INSERT INTO message_logs (id, user_id, kind, occasion_date, idempotency_key, status,
+                              attempts, scheduled_at, not_before, lease_until, created_at,
+                              updated_at)
+    SELECT v.id, v.user_id, v.kind, v.occasion_date, v.id::text, v.status, 0,
+           v.scheduled_at, v.scheduled_at, v.lease_until, :now, :now
+    FROM unnest(:ids, :user_ids, :kinds, :dates, :statuses, :scheduled, :leases)
+         AS v(id, user_id, kind, occasion_date, status, scheduled_at, lease_until)
+    ON CONFLICT (user_id, kind, occasion_date) DO UPDATE
+    SET status = excluded.status, attempts = 0, last_error = NULL,
+        scheduled_at = excluded.scheduled_at, not_before = excluded.not_before,
+        lease_until = excluded.lease_until, updated_at = excluded.updated_at
+    WHERE message_logs.status = 'cancelled'
+    RETURNING message_logs.id, message_logs.status
+    """
+).bindparams(
+    bindparam("now", type_=DateTime(timezone=True)),
+    bindparam("ids", type_=ARRAY(Uuid())),
+    bindparam("user_ids", type_=ARRAY(Uuid())),
+    bindparam("kinds", type_=ARRAY(String())),
+    bindparam("dates", type_=ARRAY(Date())),
+    bindparam("statuses", type_=ARRAY(String())),
+    bindparam("scheduled", type_=ARRAY(DateTime(timezone=True))),
+    bindparam("leases", type_=ARRAY(DateTime(timezone=True))),
+)
+
+
+async def _insert_ledger_rows_from_arrays(
+    session: AsyncSession, rows: Sequence[NewLedgerRow], now: datetime
+) -> list[tuple[uuid.UUID, MessageStatus]]:
+    result = await session.execute(
+        _INSERT_LEDGER_FROM_ARRAYS,
+        {
+            "now": now,
+            "ids": [row.id for row in rows],
+            "user_ids": [row.user_id for row in rows],
+            "kinds": [row.kind for row in rows],
+            "dates": [row.occasion_date for row in rows],
+            "statuses": [row.status.value for row in rows],
+            "scheduled": [row.scheduled_at for row in rows],
+            "leases": [row.lease_until for row in rows],
+        },
+    )
+    return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
+
+
+def _mark_queued_statement() -> Update:
+    c = _ledger.c
+    now = bindparam("now", type_=c.updated_at.type)
+    return (
+        update(_ledger)
+        .where(
+            c.id == any_(bindparam("ids", type_=ARRAY(Uuid()))),
+            c.status.in_([S.PENDING.value, S.QUEUED.value, S.FAILED.value]),
+            c.updated_at == now,
+        )
+        .values(
+            status=S.QUEUED.value,
+            lease_until=bindparam("leased_until", type_=c.lease_until.type),
+            updated_at=now,
+        )
+    )
+
+
+_MARK_QUEUED_FROM_ARRAY = _mark_queued_statement()
+
+
 async def mark_queued(
     session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, lease: timedelta
 ) -> None:
@@ -289,8 +362,14 @@ async def mark_queued(
     row handed back) with only the publish grace as lease, and without the full lease here
     they would be published again every grace period while they wait in a long queue.
     """
-    # In slices: SCHEDULER_BATCH_SIZE allows more ids than a statement may carry parameters
-    # (32,767 with asyncpg).
+    if session.get_bind().dialect.name == "postgresql":
+        # One array parameter: a cached statement, whatever the number of ids.
+        await session.execute(
+            _MARK_QUEUED_FROM_ARRAY,
+            {"ids": list(ids), "now": now, "leased_until": now + lease},
+        )
+        return
+    # In slices elsewhere: each id is its own parameter there, and parameters are bounded.
     for start in range(0, len(ids), _MAX_IDS_PER_STATEMENT):
         chunk = ids[start : start + _MAX_IDS_PER_STATEMENT]
         await session.execute(
