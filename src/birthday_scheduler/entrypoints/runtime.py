@@ -100,6 +100,7 @@ def build_scheduler(resources: Resources, replica: str) -> Scheduler:
         batch_size=resources.settings.scheduler_batch_size,
         lease=resources.lease,
         replica=replica,
+        lanes=1 if resources.settings.is_embedded_database else 3,
     )
 
 

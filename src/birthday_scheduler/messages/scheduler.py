@@ -36,8 +36,6 @@ log = get_logger(__name__)
 
 # Health calls a scheduler stale after a minute without a heartbeat; a few seconds is plenty.
 HEARTBEAT_EVERY = timedelta(seconds=5)
-# Concurrent transactions draining a large wave: the database and Python overlap.
-PLANNING_LANES = 3
 
 
 @dataclass(frozen=True)
@@ -65,6 +63,9 @@ class Scheduler:
     batch_size: int
     lease: timedelta  # how long the queue may hold a row before it is published again
     replica: str = "scheduler"
+    # Concurrent transactions that drain a wave, so the database and Python overlap. One on
+    # SQLite, which has a single writer.
+    lanes: int = 3
     _last_beat: datetime | None = field(default=None, init=False)
 
     async def tick(self, now: datetime) -> TickReport:
@@ -78,7 +79,7 @@ class Scheduler:
         if first.full:
             # A wave (every 1 January birthday at once, say): drain it in parallel lanes, as
             # replicas would; SKIP LOCKED keeps the lanes' batches apart.
-            lanes = await asyncio.gather(*(self._drain(now) for _ in range(PLANNING_LANES)))
+            lanes = await asyncio.gather(*(self._drain(now) for _ in range(self.lanes)))
             batches += [batch for lane in lanes for batch in lane]
         planned = sum(batch.planned for batch in batches)
         skipped = sum(batch.skipped for batch in batches)
