@@ -79,3 +79,26 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+async def drain_queue(broker: Any) -> list[uuid.UUID]:
+    """Every id the broker's main queue holds now, consumed off it (duplicates included)."""
+    from birthday_scheduler.infra.broker.base import MAIN_QUEUE
+
+    expected = await broker.queue_depth(MAIN_QUEUE)
+    seen: list[uuid.UUID] = []
+    if expected == 0:
+        return seen
+
+    async def collect(message_id: uuid.UUID) -> None:
+        seen.append(message_id)
+
+    async def all_seen() -> bool:
+        return len(seen) >= expected
+
+    await broker.consume(collect, prefetch=200)
+    try:
+        await eventually(all_seen)
+    finally:
+        await broker.stop_consuming()
+    return seen

@@ -14,11 +14,11 @@ import pytest
 from sqlalchemy import select, update
 
 from birthday_scheduler.entrypoints import runtime
-from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker
+from birthday_scheduler.infra.broker.base import MAIN_QUEUE
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.messages.models import MessageLog, MessageSchedule, MessageStatus
 from birthday_scheduler.messages.scheduler import Scheduler
-from support import FakeClock, eventually, user_body
+from support import FakeClock, drain_queue, user_body
 
 SEND = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)  # 09:00 on 1 July at UTC+0
 EVE = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -27,27 +27,6 @@ EVE = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
 @pytest.fixture
 def scheduler(resources: runtime.Resources) -> Scheduler:
     return runtime.build_scheduler(resources, "test-replanning")
-
-
-async def drain(broker: Broker) -> list[uuid.UUID]:
-    """Every id the queue holds now, consumed off it (duplicates included)."""
-    expected = await broker.queue_depth(MAIN_QUEUE)
-    seen: list[uuid.UUID] = []
-    if expected == 0:
-        return seen
-
-    async def collect(message_id: uuid.UUID) -> None:
-        seen.append(message_id)
-
-    async def all_seen() -> bool:
-        return len(seen) >= expected
-
-    await broker.consume(collect, prefetch=50)
-    try:
-        await eventually(all_seen)
-    finally:
-        await broker.stop_consuming()
-    return seen
 
 
 async def ledger(resources: runtime.Resources, user_id: str) -> list[MessageLog]:
@@ -128,7 +107,7 @@ async def test_deleting_a_user_with_a_queued_message_cancels_it_too(
     await scheduler.tick(SEND)
     [row] = await ledger(resources, user_id)
     assert row.status == MessageStatus.QUEUED
-    await drain(resources.require_broker())
+    await drain_queue(resources.require_broker())
 
     clock.set(SEND + timedelta(seconds=5))
     assert (await client.delete(f"/users/{user_id}")).status_code == 204
@@ -168,7 +147,7 @@ async def test_changing_the_birthday_replans_and_cancels_the_unsent_row(
     await scheduler.tick(SEND)
     [first] = await ledger(resources, user_id)
     assert first.status == MessageStatus.QUEUED
-    await drain(resources.require_broker())
+    await drain_queue(resources.require_broker())
 
     clock.set(SEND + timedelta(minutes=1))
     # An edit that touches neither the birthday nor the zone leaves the plan alone.
@@ -193,7 +172,7 @@ async def test_changing_the_birthday_replans_and_cancels_the_unsent_row(
         (date(2026, 7, 1), "cancelled"),
         (date(2026, 8, 1), "queued"),
     ]
-    assert await drain(resources.require_broker()) == [rows[1].id]
+    assert await drain_queue(resources.require_broker()) == [rows[1].id]
 
 
 async def test_changing_the_zone_before_the_send_moves_the_instant(
@@ -227,7 +206,7 @@ async def test_a_message_sent_this_year_is_not_planned_again_that_year(
     user_id = await create(client)
     await scheduler.tick(SEND)
     [row] = await ledger(resources, user_id)
-    await drain(resources.require_broker())
+    await drain_queue(resources.require_broker())
     async with unit_of_work(resources.sessions) as session:  # what the worker records
         await session.execute(
             update(MessageLog)
@@ -282,7 +261,7 @@ async def test_changing_the_zone_back_the_same_day_revives_the_cancelled_row(
     await scheduler.tick(first_send)
     [original] = await ledger(resources, user_id)
     assert original.status == MessageStatus.QUEUED
-    await drain(resources.require_broker())
+    await drain_queue(resources.require_broker())
 
     # Moved west, where 1 July's 09:00 is still ahead: same occasion date, later instant.
     clock.set(first_send + timedelta(minutes=30))
@@ -305,4 +284,4 @@ async def test_changing_the_zone_back_the_same_day_revives_the_cancelled_row(
     assert revived.scheduled_at == SEND
     assert revived.not_before == SEND  # the new instant, not the old one
     assert revived.attempts == 0
-    assert await drain(resources.require_broker()) == [original.id]
+    assert await drain_queue(resources.require_broker()) == [original.id]

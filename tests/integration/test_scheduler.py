@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from birthday_scheduler.entrypoints import runtime
-from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker
+from birthday_scheduler.infra.broker.base import MAIN_QUEUE
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.messages import kinds
@@ -29,32 +29,11 @@ from birthday_scheduler.messages.models import MessageLog, MessageSchedule, Mess
 from birthday_scheduler.messages.planning import ledger_id
 from birthday_scheduler.messages.scheduler import Scheduler
 from birthday_scheduler.settings import Settings
-from support import FakeClock, eventually, user_body
+from support import FakeClock, drain_queue, user_body
 
 BIRTHDAY = date(1990, 7, 1)
 SEND = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)  # 09:00 on 1 July at UTC+0
 GRACE = runtime.PUBLISH_GRACE
-
-
-async def drain(broker: Broker) -> list[uuid.UUID]:
-    """Every id the queue holds now, in order, consumed off it (duplicates included)."""
-    expected = await broker.queue_depth(MAIN_QUEUE)
-    seen: list[uuid.UUID] = []
-    if expected == 0:
-        return seen
-
-    async def collect(message_id: uuid.UUID) -> None:
-        seen.append(message_id)
-
-    async def all_seen() -> bool:
-        return len(seen) >= expected
-
-    await broker.consume(collect, prefetch=200)
-    try:
-        await eventually(all_seen)
-    finally:
-        await broker.stop_consuming()
-    return seen
 
 
 async def ledger(resources: runtime.Resources, user_id: str | uuid.UUID) -> list[MessageLog]:
@@ -165,7 +144,7 @@ async def test_three_schedulers_plan_and_publish_each_due_user_exactly_once(
     assert sum(r.skipped for r in reports) == 0
     # Nothing was stale at WAVE_NOW: every row was freshly published by its planner.
     assert sum(r.republished for r in reports) == 0
-    published = [i for _, broker in three_schedulers for i in await drain(broker)]
+    published = [i for _, broker in three_schedulers for i in await drain_queue(broker)]
     # No duplicates at all: a schedule row is planned by whichever replica locked it, and
     # a ledger row is only published by the replica whose insert created it.
     assert len(published) == DUE_USERS
@@ -217,7 +196,7 @@ async def test_stopped_scheduler_catches_up_on_restart(
     assert row.status == MessageStatus.QUEUED
     assert row.scheduled_at == SEND  # still the birthday's instant, not the restart's
     assert row.not_before == SEND
-    assert await drain(resources.require_broker()) == [row.id]
+    assert await drain_queue(resources.require_broker()) == [row.id]
     fetched = await client.get(f"/users/{user['id']}")
     assert fetched.json()["nextMessageAt"] == "2027-07-01T09:00:00Z"
 
@@ -279,7 +258,7 @@ async def test_failed_publish_leaves_rows_pending_until_the_sweep_publishes_them
     [row] = await ledger(resources, str(user["id"]))
     assert row.status == MessageStatus.QUEUED
     assert row.lease_until == sweep_at + resources.lease
-    assert await drain(broker) == [row.id]
+    assert await drain_queue(broker) == [row.id]
 
 
 async def test_queued_row_whose_lease_passed_is_published_again_once(
@@ -294,12 +273,12 @@ async def test_queued_row_whose_lease_passed_is_published_again_once(
     await scheduler.tick(SEND)
     [row] = await ledger(resources, str(user["id"]))
     assert row.status == MessageStatus.QUEUED
-    assert await drain(broker) == [row.id]  # ... and the broker then loses it
+    assert await drain_queue(broker) == [row.id]  # ... and the broker then loses it
 
     assert (await scheduler.tick(SEND + resources.lease - timedelta(seconds=1))).republished == 0
     lost_at = SEND + resources.lease
     assert (await scheduler.tick(lost_at)).republished == 1
-    assert await drain(broker) == [row.id]
+    assert await drain_queue(broker) == [row.id]
 
     [row] = await ledger(resources, str(user["id"]))
     assert row.status == MessageStatus.QUEUED
@@ -320,7 +299,7 @@ async def test_sending_row_whose_lease_passed_is_handed_back_as_queued(
     broker = resources.require_broker()
     await scheduler.tick(SEND)
     [row] = await ledger(resources, str(user["id"]))
-    await drain(broker)
+    await drain_queue(broker)
     # A worker claims it the way workers do, then dies mid-send.
     claimed_at = SEND + timedelta(seconds=2)
     async with unit_of_work(resources.sessions) as session:
@@ -338,7 +317,7 @@ async def test_sending_row_whose_lease_passed_is_handed_back_as_queued(
     assert row.status == MessageStatus.QUEUED
     assert row.attempts == 1  # the lost attempt still counts towards the limit
     assert row.lease_until == expired + resources.lease
-    assert await drain(broker) == [row.id]
+    assert await drain_queue(broker) == [row.id]
 
 
 # --- a second kind --------------------------------------------------------------------------
@@ -365,7 +344,7 @@ async def test_a_new_kind_is_planned_and_published_by_the_same_scheduler(
 
     assert (await scheduler.tick(SEND)).planned == 1
     [birthday] = await ledger(resources, str(user["id"]))
-    assert await drain(resources.require_broker()) == [birthday.id]
+    assert await drain_queue(resources.require_broker()) == [birthday.id]
     await mark_sent(resources, birthday.id, SEND)  # as the worker would
 
     anniversary_at = datetime(2026, 9, 12, 9, tzinfo=UTC)
@@ -378,7 +357,7 @@ async def test_a_new_kind_is_planned_and_published_by_the_same_scheduler(
         ("anniversary", date(2026, 9, 12), "queued"),
     ]
     assert rows[1].id == ledger_id(uuid.UUID(str(user["id"])), "anniversary", date(2026, 9, 12))
-    assert await drain(resources.require_broker()) == [rows[1].id]
+    assert await drain_queue(resources.require_broker()) == [rows[1].id]
     fetched = await client.get(f"/users/{user['id']}")
     assert fetched.json()["nextMessageAt"] == "2027-07-01T09:00:00Z"
 
@@ -394,7 +373,7 @@ async def test_ledger_status_change_outside_the_scheduler_is_respected(
     user = await create_user(client)
     await scheduler.tick(SEND)
     [row] = await ledger(resources, str(user["id"]))
-    await drain(resources.require_broker())
+    await drain_queue(resources.require_broker())
     await mark_sent(resources, row.id, SEND)
     for late in (timedelta(hours=1), timedelta(days=2), timedelta(days=30)):
         report = await scheduler.tick(SEND + late)
