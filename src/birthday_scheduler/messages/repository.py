@@ -576,10 +576,3 @@ async def purge_finished(session: AsyncSession, older_than: datetime, limit: int
     )
     result = await session.execute(delete(_ledger).where(c.id.in_(victims)))
     return rowcount(result)
-
-
-async def count_by_status(session: AsyncSession) -> dict[str, int]:
-    rows = await session.execute(
-        select(c_status := _ledger.c.status, func.count()).group_by(c_status)
-    )
-    return {status: count for status, count in rows.all()}
