@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
 import uuid
@@ -69,16 +70,31 @@ async def drop_database(name: str) -> None:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[bool]], within: float = 20.0, interval: float = 0.05
+    check: Callable[[], Awaitable[bool] | bool], within: float = 20.0, interval: float = 0.05
 ) -> None:
-    """Poll `check` until it is true or the deadline passes (no fixed sleeps in tests)."""
+    """Poll `check` (sync or async) until it is true or the deadline passes.
+
+    The one place tests wait for work: no fixed sleeps, always a deadline.
+    """
     deadline = time.monotonic() + within
     while True:
-        if await check():
+        result = check()
+        if await result if inspect.isawaitable(result) else result:
             return
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(interval)
+
+
+def wait_for(
+    check: Callable[[], bool], what: str, within: float = 30.0, interval: float = 0.1
+) -> None:
+    """`eventually` for synchronous tests that drive subprocesses."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within:.0f}s")
+        time.sleep(interval)
 
 
 async def drain_queue(broker: Any) -> list[uuid.UUID]:

@@ -8,11 +8,12 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from support import wait_for
 
 SCRIPT = str(Path(sys.executable).parent / "birthday-scheduler")
 RUNBOOK_BODY = {
@@ -37,17 +38,15 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if process.poll() is not None:
             raise AssertionError(f"process exited early with {process.returncode}")
         try:
-            if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{base}/ready", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("service never became ready")
+            return False
+
+    wait_for(ready, "service ready", within=timeout)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])

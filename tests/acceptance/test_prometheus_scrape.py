@@ -28,6 +28,7 @@ import httpx
 import pytest
 
 from rabbit_vhost import create_vhost, delete_vhost, vhost_url
+from support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
@@ -85,10 +86,7 @@ class Deadline:
         return self.at - time.monotonic()
 
     def wait_for(self, check: Callable[[], bool], what: str) -> None:
-        while not check():
-            if self.left() <= 0:
-                raise AssertionError(f"{what}: not within the test's time budget")
-            time.sleep(0.2)
+        wait_for(check, what, within=max(self.left(), 0.0), interval=0.2)
 
 
 def http_status(url: str) -> int | None:

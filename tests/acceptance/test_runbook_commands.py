@@ -22,9 +22,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import pytest
 
 from birthday_scheduler.infra.migrate import alembic_config
 from rabbit_vhost import create_vhost, delete_vhost, rabbitmqctl, vhost_url
-from support import drop_database, pg_admin, pg_url
+from support import drop_database, pg_admin, pg_url, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
@@ -185,14 +184,6 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def wait_until(check: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within}s")
-        time.sleep(0.1)
-
-
 def http_ok(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
@@ -318,7 +309,7 @@ def live(fresh_database: str, vhost: str, tmp_path: Path) -> Iterator[Live]:
                 and http_ok(f"http://127.0.0.1:{ops_port}/ready")
             )
 
-        wait_until(all_ready, "processes ready", within=45)
+        wait_for(all_ready, "processes ready", within=45)
 
         created = httpx.post(
             f"http://127.0.0.1:{api_port}/users",
@@ -345,7 +336,7 @@ def live(fresh_database: str, vhost: str, tmp_path: Path) -> Iterator[Live]:
             dead[:] = psql(fresh_database, "SELECT id FROM message_logs WHERE status = 'dead'")
             return bool(dead) and dlq_depth(vhost) >= 1
 
-        wait_until(dead_lettered, "a dead letter", within=30)
+        wait_for(dead_lettered, "a dead letter", within=30)
 
         yield Live(
             api=f"http://127.0.0.1:{api_port}",

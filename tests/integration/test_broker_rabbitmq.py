@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -20,6 +19,7 @@ from birthday_scheduler.infra.broker.base import DEAD_LETTER_QUEUE, MAIN_QUEUE, 
 from birthday_scheduler.infra.broker.policy import DELIVERY_LIMIT_REASON
 from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
 from rabbit_vhost import close_all_connections, create_vhost, delete_vhost, list_queues, vhost_url
+from support import eventually
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -70,14 +70,6 @@ async def raw_channel(vhost: str) -> AsyncIterator[AbstractChannel]:
     channel = await connection.channel()
     yield channel
     await connection.close()
-
-
-async def eventually(predicate: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.02)
 
 
 def recorder() -> tuple[Counter[UUID], Callable[[UUID], Awaitable[None]]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,6 +19,7 @@ from birthday_scheduler.simulator.app import (
     run_simulator,
     start_simulator,
 )
+from support import eventually
 
 EMAIL = "someone@example.com"
 MESSAGE = "Hey, Test User it's your birthday"
@@ -240,7 +241,7 @@ async def test_shutdown_releases_hung_requests_promptly() -> None:
     running = await start_simulator("127.0.0.1", 0, SimulatorConfig(hang_rate=1.0))
     async with MessageServiceClient(running.url, None, timeout_s=30.0) as patient:
         pending = asyncio.create_task(patient.send(EMAIL, MESSAGE, key()))
-        await wait_until(lambda: running.state.counters["requests"] == 1)
+        await eventually(lambda: running.state.counters["requests"] == 1, within=5, interval=0.01)
         async with asyncio.timeout(10):
             await running.close()
             result = await pending
@@ -255,24 +256,15 @@ async def test_run_simulator_serves_until_stopped() -> None:
     server = asyncio.create_task(run_simulator("127.0.0.1", port, SimulatorConfig(), stop))
     url = f"http://127.0.0.1:{port}/health"
     async with aiohttp.ClientSession() as session:
-        deadline = asyncio.get_running_loop().time() + 10
-        while True:
+
+        async def serving() -> bool:
             try:
                 async with session.get(url) as response:
-                    if response.status == 200:
-                        break
+                    return response.status == 200
             except aiohttp.ClientConnectionError:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-            await asyncio.sleep(0.02)
+                return False
+
+        await eventually(serving, within=10, interval=0.02)
     stop.set()
     async with asyncio.timeout(10):
         await server
-
-
-async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while True:
-            if condition():
-                return
-            await asyncio.sleep(0.01)

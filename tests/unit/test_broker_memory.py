@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from uuid import UUID
 
@@ -21,6 +19,7 @@ from birthday_scheduler.infra.broker.base import (
 )
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.broker.policy import DELIVERY_LIMIT_REASON
+from support import eventually
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -31,14 +30,6 @@ class FixedClock:
 
     def monotonic(self) -> float:
         return 0.0
-
-
-async def wait_until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.001)
 
 
 async def let_loop_run(turns: int = 50) -> None:
@@ -67,7 +58,7 @@ async def test_every_published_id_is_delivered_once() -> None:
     await broker.publish(ids)
     assert await broker.queue_depth(MAIN_QUEUE) == 500
     await broker.consume(handler, prefetch=10)
-    await wait_until(lambda: sum(seen.values()) == 500)
+    await eventually(lambda: sum(seen.values()) == 500, within=5, interval=0.001)
     await broker.close()
     assert set(seen) == set(ids)
     assert set(seen.values()) == {1}
@@ -89,7 +80,7 @@ async def test_a_failing_handler_gets_the_message_again() -> None:
     message_id = uuid.uuid4()
     await broker.publish([message_id])
     await broker.consume(handler, prefetch=1)
-    await wait_until(lambda: bool(done))
+    await eventually(lambda: bool(done), within=5, interval=0.001)
     await broker.close()
     assert attempts == [message_id] * 3
     assert await broker.dead_letters(10) == []
@@ -108,7 +99,7 @@ async def test_a_failed_message_goes_to_the_back_of_the_queue() -> None:
 
     await broker.publish([first, second])
     await broker.consume(handler, prefetch=1)
-    await wait_until(lambda: len(order) == 3)
+    await eventually(lambda: len(order) == 3, within=5, interval=0.001)
     await broker.close()
     assert order == [first, second, first]
 
@@ -126,7 +117,7 @@ async def test_a_poison_message_ends_in_the_dead_letter_queue_after_the_limit() 
 
     await broker.publish([poison, healthy])
     await broker.consume(handler, prefetch=2)
-    await wait_until(lambda: calls[poison] == 3)
+    await eventually(lambda: calls[poison] == 3, within=5, interval=0.001)
     await broker.close()
     # Like a quorum queue's x-delivery-limit of 2: two redeliveries, then dead-lettered.
     assert calls == {poison: 3, healthy: 1}
@@ -153,12 +144,12 @@ async def test_no_more_than_prefetch_handlers_run_at_once() -> None:
 
     await broker.publish([uuid.uuid4() for _ in range(10)])
     await broker.consume(handler, prefetch=3)
-    await wait_until(lambda: running == 3)
+    await eventually(lambda: running == 3, within=5, interval=0.001)
     await let_loop_run()
     assert running == 3
     assert await broker.queue_depth(MAIN_QUEUE) == 7
     gate.set()
-    await wait_until(lambda: finished == 10)
+    await eventually(lambda: finished == 10, within=5, interval=0.001)
     await broker.close()
     assert peak == 3
 
@@ -177,7 +168,7 @@ async def test_stop_consuming_waits_for_handlers_in_flight_and_takes_no_more() -
 
     await broker.publish([uuid.uuid4() for _ in range(5)])
     await broker.consume(handler, prefetch=2)
-    await wait_until(lambda: len(started) == 2)
+    await eventually(lambda: len(started) == 2, within=5, interval=0.001)
     assert broker.consumer_alive()
 
     stopping = asyncio.create_task(broker.stop_consuming())
