@@ -39,6 +39,7 @@ from birthday_scheduler.infra.db import create_engine
 from birthday_scheduler.infra.logging import configure_logging
 from birthday_scheduler.infra.sql import upsert
 from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages import schedules
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.settings import Settings
 
@@ -147,7 +148,7 @@ async def _legacy_insert_ledger_rows(
 
 
 async def _legacy_advance_schedules(
-    session: AsyncSession, advances: Sequence[repo.ScheduleAdvance]
+    session: AsyncSession, advances: Sequence[schedules.ScheduleAdvance]
 ) -> None:
     """An executemany: one UPDATE statement per schedule."""
     if not advances:
@@ -176,13 +177,13 @@ async def _legacy_advance_schedules(
 @contextlib.contextmanager
 def _legacy_repository() -> Iterator[None]:
     # The scheduler looks these up on the module at call time, so swapping them is enough.
-    saved = repo.insert_ledger_rows, repo.advance_schedules
+    saved = repo.insert_ledger_rows, schedules.advance_schedules
     repo.insert_ledger_rows = _legacy_insert_ledger_rows
-    repo.advance_schedules = _legacy_advance_schedules
+    schedules.advance_schedules = _legacy_advance_schedules
     try:
         yield
     finally:
-        repo.insert_ledger_rows, repo.advance_schedules = saved
+        repo.insert_ledger_rows, schedules.advance_schedules = saved
 
 
 @dataclass(frozen=True)

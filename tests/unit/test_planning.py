@@ -11,7 +11,7 @@ from birthday_scheduler.messages import kinds
 from birthday_scheduler.messages.kinds import MessageKind, PlanningFacts, Recipient
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.planning import PlanningPolicy, ledger_id, plan_due
-from birthday_scheduler.messages.repository import DueSchedule, ScheduleAdvance
+from birthday_scheduler.messages.schedules import DueSchedule, ScheduleAdvance
 
 POLICY = PlanningPolicy(
     send_time=time(9, 0),

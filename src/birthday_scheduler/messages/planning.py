@@ -15,6 +15,7 @@ from functools import lru_cache
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages import schedules
 from birthday_scheduler.messages.kinds import KINDS, MessageKind, PlanningFacts
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.timemath import (
@@ -90,9 +91,11 @@ async def plan_user(
         occurrence = _first_open_occurrence(kind, facts, policy.send_time, now, done)
         if occurrence is None:
             continue
-        await repo.upsert_schedule(
+        await schedules.upsert_schedule(
             session,
-            repo.ScheduleAdvance(user_id, kind.name, occurrence.instant, occurrence.local_date),
+            schedules.ScheduleAdvance(
+                user_id, kind.name, occurrence.instant, occurrence.local_date
+            ),
         )
         fires.append(occurrence.instant)
     return min(fires, default=None)
@@ -100,19 +103,21 @@ async def plan_user(
 
 async def forget_user(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
     """A deleted user: nothing further is planned and nothing unsent goes out."""
-    await repo.delete_schedules(session, user_id)
+    await schedules.delete_schedules(session, user_id)
     await repo.cancel_unstarted(session, user_id, now)
 
 
 @dataclass(frozen=True)
 class TickPlan:
     rows: list[repo.NewLedgerRow]
-    advances: list[repo.ScheduleAdvance]
+    advances: list[schedules.ScheduleAdvance]
     # Schedules of a kind no longer defined (or an occasion the user no longer has).
     dropped: list[tuple[uuid.UUID, str]]
 
 
-def plan_due(due: Sequence[repo.DueSchedule], policy: PlanningPolicy, now: datetime) -> TickPlan:
+def plan_due(
+    due: Sequence[schedules.DueSchedule], policy: PlanningPolicy, now: datetime
+) -> TickPlan:
     """Pure: the ledger rows and schedule advances for schedules that have come due.
 
     A message found later than the catch-up window is recorded as skipped, never dropped.
@@ -143,7 +148,7 @@ def plan_due(due: Sequence[repo.DueSchedule], policy: PlanningPolicy, now: datet
             anchor, facts.zone, policy.send_time, schedule.occasion_date.year + 1
         )
         plan.advances.append(
-            repo.ScheduleAdvance(
+            schedules.ScheduleAdvance(
                 schedule.user_id, schedule.kind, following.instant, following.local_date
             )
         )

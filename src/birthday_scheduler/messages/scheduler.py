@@ -26,7 +26,7 @@ from birthday_scheduler.infra.metrics import (
     SCHEDULER_LAST_TICK,
     SCHEDULER_TICK_DURATION,
 )
-from birthday_scheduler.messages import heartbeat
+from birthday_scheduler.messages import heartbeat, schedules
 from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.planning import PlanningPolicy, plan_due
@@ -106,13 +106,13 @@ class Scheduler:
 
     async def _batch(self, now: datetime) -> _Batch:
         async with unit_of_work(self.sessions) as session:
-            due = await repo.claim_due_schedules(session, now, self.batch_size)
+            due = await schedules.claim_due_schedules(session, now, self.batch_size)
             written: list[tuple[uuid.UUID, MessageStatus]] = []
             if due:
                 plan = plan_due(due, self.policy, now)
                 written = await repo.insert_ledger_rows(session, plan.rows, now)
-                await repo.advance_schedules(session, plan.advances)
-                await repo.drop_schedules(session, plan.dropped)
+                await schedules.advance_schedules(session, plan.advances)
+                await schedules.drop_schedules(session, plan.dropped)
             stale = await repo.claim_stale(session, now, self.batch_size, self.policy.publish_grace)
         pending = [row_id for row_id, status in written if status == MessageStatus.PENDING]
         skipped = sum(1 for _, status in written if status == MessageStatus.SKIPPED)

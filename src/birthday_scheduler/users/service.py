@@ -12,7 +12,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.errors import FieldProblem, NotFoundError, ValidationProblem
-from birthday_scheduler.messages import planning
+from birthday_scheduler.messages import planning, schedules
 from birthday_scheduler.messages import repository as messages_repo
 from birthday_scheduler.messages.models import MessageLog
 from birthday_scheduler.users import repository as repo
@@ -50,14 +50,14 @@ class UsersService:
 
     async def get(self, session: AsyncSession, user_id: uuid.UUID) -> UserOut:
         user = await _live(session, user_id)
-        fires = await messages_repo.next_fire_at(session, [user.id])
+        fires = await schedules.next_fire_at(session, [user.id])
         return _out(user, fires.get(user.id))
 
     async def list_page(self, session: AsyncSession, limit: int, cursor: str | None) -> UserPage:
         users = await repo.page(session, limit + 1, _decode_cursor(cursor) if cursor else None)
         more = len(users) > limit
         users = users[:limit]
-        fires = await messages_repo.next_fire_at(session, [u.id for u in users])
+        fires = await schedules.next_fire_at(session, [u.id for u in users])
         return UserPage(
             data=[_out(u, fires.get(u.id)) for u in users],
             next_cursor=_encode_cursor(users[-1]) if more else None,
