@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,6 +38,22 @@ class FakeClock:
     def advance(self, **delta: float) -> datetime:
         self.set(self._now + timedelta(**delta))
         return self._now
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The test runner's environment minus anything that would configure the service."""
+    owned = ("DATABASE_", "RABBITMQ_", "MESSAGE_SERVICE_", "SIMULATOR_", "API_TOKENS")
+    owned_exact = {"HOST", "PORT", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(owned) and k not in owned_exact}
+    env.update(extra)
+    return env
 
 
 def user_body(**overrides: Any) -> dict[str, Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import wait_for
+from support import child_env, free_port, wait_for
 
 SCRIPT = str(Path(sys.executable).parent / "birthday-scheduler")
 RUNBOOK_BODY = {
@@ -23,18 +21,6 @@ RUNBOOK_BODY = {
     "dateOfBirth": "1990-01-01T00:00:00Z",
     "timezoneOffset": 0,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "RABBITMQ_"))}
-    env.update(extra)
-    return env
 
 
 def wait_ready(base: str, process: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -57,7 +43,7 @@ def test_all_on_embedded_default_serves_runbook_example_and_stops_cleanly(
     process = subprocess.Popen(
         [SCRIPT, "all"],
         cwd=tmp_path,
-        env=clean_env(PORT=str(port)),
+        env=child_env(PORT=str(port)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
@@ -98,7 +84,7 @@ def test_bad_configuration_is_one_clear_line(
     result = subprocess.run(
         [SCRIPT, *command],
         cwd=tmp_path,
-        env=clean_env(**{variable: value}),
+        env=child_env(**{variable: value}),
         capture_output=True,
         timeout=30,
         check=False,
@@ -113,7 +99,7 @@ def test_api_on_public_address_without_tokens_refuses(tmp_path: Path) -> None:
     result = subprocess.run(
         [SCRIPT, "api"],
         cwd=tmp_path,
-        env=clean_env(HOST="0.0.0.0", PORT=str(free_port())),
+        env=child_env(HOST="0.0.0.0", PORT=str(free_port())),
         capture_output=True,
         timeout=30,
         check=False,
@@ -123,7 +109,7 @@ def test_api_on_public_address_without_tokens_refuses(tmp_path: Path) -> None:
 
 
 def test_db_commands_on_sqlite(tmp_path: Path) -> None:
-    env = clean_env(DATABASE_URL=f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    env = child_env(DATABASE_URL=f"sqlite:///{tmp_path / 'x.sqlite3'}")
 
     def run(*args: str) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(

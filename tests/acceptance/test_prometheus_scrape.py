@@ -10,11 +10,9 @@ runbook's PromQL block returns data. Queries on series from other exporters
 from __future__ import annotations
 
 import math
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ import httpx
 import pytest
 
 from rabbit_vhost import create_vhost, delete_vhost, vhost_url
-from support import wait_for
+from support import child_env, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
@@ -62,20 +60,6 @@ def runbook_queries() -> list[str]:
     assert block, "docs/RUNBOOK.md has no ```promql block"
     lines = [line.strip() for line in block.group(1).splitlines()]
     return [line for line in lines if line and not line.startswith("#")]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    owned = ("DATABASE_", "RABBITMQ_", "MESSAGE_SERVICE_", "SIMULATOR_", "API_TOKENS")
-    owned_exact = {"HOST", "PORT", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(owned) and k not in owned_exact}
-    env.update(extra)
-    return env
 
 
 @dataclass

@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import uuid
@@ -32,7 +31,7 @@ import pytest
 
 from birthday_scheduler.infra.migrate import alembic_config
 from rabbit_vhost import create_vhost, delete_vhost, rabbitmqctl, vhost_url
-from support import drop_database, pg_admin, pg_url, wait_for
+from support import child_env, drop_database, free_port, pg_admin, pg_url, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNBOOK = ROOT / "docs" / "RUNBOOK.md"
@@ -168,19 +167,10 @@ def test_runbook_is_self_contained_and_its_exclusions_are_current() -> None:
 # --- the live instance -------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    """The test runner's environment minus anything that would configure the service."""
-    owned = ("DATABASE_", "RABBITMQ_", "MESSAGE_SERVICE_", "SIMULATOR_", "API_TOKENS")
-    owned_exact = {"HOST", "PORT", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}
-    env = {k: v for k, v in os.environ.items() if not k.startswith(owned) and k not in owned_exact}
+def service_env(**extra: str) -> dict[str, str]:
+    """A clean environment with this venv's commands first on PATH."""
+    env = child_env(**extra)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    env.update(extra)
     return env
 
 
@@ -264,7 +254,7 @@ def live(fresh_database: str, vhost: str, tmp_path: Path) -> Iterator[Live]:
     }
     migrated = subprocess.run(
         [SCRIPT, "db", "migrate"],
-        env=child_env(**common),
+        env=service_env(**common),
         capture_output=True,
         timeout=60,
         check=False,
@@ -276,9 +266,9 @@ def live(fresh_database: str, vhost: str, tmp_path: Path) -> Iterator[Live]:
     # Every delivery fails with a 500 and one attempt is all it gets: the message goes dead.
     failing = {"SIMULATOR_FAILURE_RATE_500": "1", "MAX_DELIVERY_ATTEMPTS": "1"}
     specs = {
-        "message-service": child_env(PORT=str(simulator_port), **failing),
-        "all": child_env(PORT=str(api_port), **common, **failing),
-        "worker": child_env(
+        "message-service": service_env(PORT=str(simulator_port), **failing),
+        "all": service_env(PORT=str(api_port), **common, **failing),
+        "worker": service_env(
             METRICS_PORT=str(ops_port), MESSAGE_SERVICE_URL=simulator_url, **common, **failing
         ),
     }
@@ -341,7 +331,7 @@ def live(fresh_database: str, vhost: str, tmp_path: Path) -> Iterator[Live]:
         yield Live(
             api=f"http://127.0.0.1:{api_port}",
             ops=f"http://127.0.0.1:{ops_port}",
-            env=child_env(**common, RABBITMQ_VHOST=vhost, MESSAGE_SERVICE_URL=simulator_url),
+            env=service_env(**common, RABBITMQ_VHOST=vhost, MESSAGE_SERVICE_URL=simulator_url),
             dead_id=dead[0],
             previous_revision=previous_revision(),
             logs=logs,

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pipeline_support import (
     wait_for_statuses,
 )
 from rabbit_vhost import create_vhost, delete_vhost, vhost_url
-from support import eventually
+from support import eventually, free_port
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
 
@@ -48,12 +47,6 @@ def vhost() -> Iterator[str]:
     name = create_vhost("worker-processes")
     yield name
     delete_vhost(name)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
