@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     Date,
@@ -50,8 +50,7 @@ _UNSTARTED = (S.PENDING, S.QUEUED, S.FAILED)
 _MAX_IDS_PER_STATEMENT = 10_000
 
 
-@dataclass(frozen=True)
-class NewLedgerRow:
+class NewLedgerRow(NamedTuple):  # a tuple: a due wave builds one per user (see DueSchedule)
     id: uuid.UUID
     user_id: uuid.UUID
     kind: str
@@ -162,17 +161,20 @@ _INSERT_LEDGER_FROM_ARRAYS = text(
 async def _insert_ledger_rows_from_arrays(
     session: AsyncSession, rows: Sequence[NewLedgerRow], now: datetime
 ) -> list[tuple[uuid.UUID, MessageStatus]]:
+    ids, user_ids, kinds, dates, statuses, scheduled, leases = (
+        list(column) for column in zip(*rows, strict=True)
+    )
     result = await session.execute(
         _INSERT_LEDGER_FROM_ARRAYS,
         {
             "now": now,
-            "ids": [row.id for row in rows],
-            "user_ids": [row.user_id for row in rows],
-            "kinds": [row.kind for row in rows],
-            "dates": [row.occasion_date for row in rows],
-            "statuses": [row.status.value for row in rows],
-            "scheduled": [row.scheduled_at for row in rows],
-            "leases": [row.lease_until for row in rows],
+            "ids": ids,
+            "user_ids": user_ids,
+            "kinds": kinds,
+            "dates": dates,
+            "statuses": statuses,
+            "scheduled": scheduled,
+            "leases": leases,
         },
     )
     return [(row_id, MessageStatus(status)) for row_id, status in result.all()]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     Date,
@@ -34,8 +33,9 @@ _schedules = cast(Table, MessageSchedule.__table__)
 _users = cast(Table, User.__table__)
 
 
-@dataclass(frozen=True)
-class DueSchedule:
+# Named tuples, not dataclasses: a due wave builds one of each per user, and a tuple is built
+# and taken apart into columns (zip) several times faster.
+class DueSchedule(NamedTuple):
     user_id: uuid.UUID
     kind: str
     next_fire_at: datetime
@@ -45,8 +45,7 @@ class DueSchedule:
     timezone_offset_minutes: int | None
 
 
-@dataclass(frozen=True)
-class ScheduleAdvance:
+class ScheduleAdvance(NamedTuple):
     user_id: uuid.UUID
     kind: str
     next_fire_at: datetime
@@ -123,7 +122,7 @@ async def claim_due_schedules(
 ) -> list[DueSchedule]:
     """Lock up to `limit` schedules due at `now`; other replicas skip the locked ones."""
     rows = await session.execute(_CLAIM_DUE, {"now": now, "limit": limit})
-    return [DueSchedule(*row) for row in rows.all()]
+    return list(map(DueSchedule._make, rows.all()))
 
 
 # PostgreSQL advances a whole batch in one statement joined to the new values as arrays; an
@@ -148,14 +147,10 @@ async def advance_schedules(session: AsyncSession, advances: Sequence[ScheduleAd
     if not advances:
         return
     if session.get_bind().dialect.name == "postgresql":
+        user_ids, kinds, fires, dates = (list(column) for column in zip(*advances, strict=True))
         await session.execute(
             _ADVANCE_FROM_ARRAYS,
-            {
-                "user_ids": [a.user_id for a in advances],
-                "kinds": [a.kind for a in advances],
-                "fires": [a.next_fire_at for a in advances],
-                "dates": [a.occasion_date for a in advances],
-            },
+            {"user_ids": user_ids, "kinds": kinds, "fires": fires, "dates": dates},
         )
         return
     c = _schedules.c
