@@ -7,8 +7,10 @@ what it carries is read back by consuming it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
 from datetime import UTC, date, datetime, timedelta
 
@@ -22,11 +24,11 @@ from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.infra.broker.base import MAIN_QUEUE
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.db import unit_of_work
-from birthday_scheduler.messages import kinds
+from birthday_scheduler.messages import kinds, schedules
 from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages.kinds import MessageKind
 from birthday_scheduler.messages.models import MessageLog, MessageSchedule, MessageStatus
-from birthday_scheduler.messages.planning import ledger_id
+from birthday_scheduler.messages.planning import ledger_id, plan_due
 from birthday_scheduler.messages.scheduler import Scheduler
 from birthday_scheduler.settings import Settings
 from support import FakeClock, drain_queue, user_body
@@ -259,6 +261,94 @@ async def test_failed_publish_leaves_rows_pending_until_the_sweep_publishes_them
     assert row.status == MessageStatus.QUEUED
     assert row.lease_until == sweep_at + resources.lease
     assert await drain_queue(broker) == [row.id]
+
+
+class _StalledBroker(MemoryBroker):
+    """A queue whose publish never returns: the scheduler is killed while it waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.publishing = asyncio.Event()
+
+    async def publish(self, message_ids: Sequence[uuid.UUID]) -> None:
+        self.publishing.set()
+        await asyncio.Event().wait()
+
+
+async def test_rows_of_a_scheduler_killed_before_its_publish_are_swept_after_the_lease(
+    client: httpx.AsyncClient, resources: runtime.Resources, clock: FakeClock
+) -> None:
+    """Planned rows are committed `queued`; the publish that follows is the only other step.
+    A scheduler that dies in between leaves them to the sweep, exactly like a message the
+    broker lost: published again once the queue lease runs out, once."""
+    clock.set(datetime(2026, 6, 30, 12, tzinfo=UTC))
+    user = await create_user(client)
+    stalled = _StalledBroker()
+    doomed = dataclasses.replace(runtime.build_scheduler(resources, "doomed"), broker=stalled)
+    tick = asyncio.create_task(doomed.tick(SEND))
+    await asyncio.wait_for(stalled.publishing.wait(), timeout=10)
+    tick.cancel()  # killed mid-publish: the transaction had committed, the publish never came
+    with contextlib.suppress(asyncio.CancelledError):
+        await tick
+
+    [row] = await ledger(resources, str(user["id"]))
+    assert row.status == MessageStatus.QUEUED
+    assert row.lease_until == SEND + resources.lease
+    survivor = runtime.build_scheduler(resources, "survivor")
+    broker = resources.require_broker()
+    assert (await survivor.tick(SEND + resources.lease - timedelta(seconds=1))).republished == 0
+    assert await broker.queue_depth(MAIN_QUEUE) == 0
+
+    swept_at = SEND + resources.lease
+    report = await survivor.tick(swept_at)
+
+    assert (report.planned, report.republished) == (0, 1)
+    assert await drain_queue(broker) == [row.id]
+    [row] = await ledger(resources, str(user["id"]))
+    assert (row.status, row.lease_until) == (MessageStatus.QUEUED, swept_at + resources.lease)
+
+
+async def test_a_failed_publish_hands_back_only_rows_nobody_touched_since(
+    client: httpx.AsyncClient, resources: runtime.Resources, scheduler: Scheduler
+) -> None:
+    """A worker may take a row from the part of a batch that was published before the rest
+    failed; handing the batch back as `pending` must leave that row as the worker left it."""
+    first = await create_user(client, email="first@example.com")
+    second = await create_user(client, email="second@example.com")
+    written = await plan_without_publishing(resources, scheduler, SEND)
+    taken, untouched = (
+        next(row_id for row_id, user_id in written if user_id == user["id"])
+        for user in (first, second)
+    )
+    worker_at = SEND + timedelta(milliseconds=20)
+    async with unit_of_work(resources.sessions) as session:
+        assert await repo.claim_for_sending(session, taken, worker_at, resources.lease)
+
+    async with unit_of_work(resources.sessions) as session:
+        await repo.release_unpublished(session, [taken, untouched], SEND, GRACE)
+
+    [taken_row] = await ledger(resources, str(first["id"]))
+    [untouched_row] = await ledger(resources, str(second["id"]))
+    assert (taken_row.status, taken_row.lease_until) == (
+        MessageStatus.SENDING,
+        worker_at + resources.lease,
+    )
+    assert (untouched_row.status, untouched_row.lease_until) == (
+        MessageStatus.PENDING,
+        SEND + GRACE,
+    )
+
+
+async def plan_without_publishing(
+    resources: runtime.Resources, scheduler: Scheduler, now: datetime
+) -> list[tuple[uuid.UUID, str]]:
+    """What a tick writes before its publish: (ledger id, user id) of each planned row."""
+    async with unit_of_work(resources.sessions) as session:
+        due = await schedules.claim_due_schedules(session, now, 100)
+        plan = plan_due(due, scheduler.policy, now)
+        await repo.insert_ledger_rows(session, plan.rows, now)
+        await schedules.advance_schedules(session, plan.advances)
+    return [(row.id, str(row.user_id)) for row in plan.rows]
 
 
 async def test_queued_row_whose_lease_passed_is_published_again_once(

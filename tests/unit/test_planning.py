@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 
@@ -16,6 +17,7 @@ from birthday_scheduler.messages.schedules import DueSchedule, ScheduleAdvance
 POLICY = PlanningPolicy(
     send_time=time(9, 0),
     catch_up_window=timedelta(hours=72),
+    queue_lease=timedelta(seconds=300),
     publish_grace=timedelta(seconds=30),
 )
 
@@ -41,14 +43,15 @@ def due(
     )
 
 
-def test_on_time_schedule_becomes_a_pending_row_and_advances_a_year() -> None:
+def test_on_time_schedule_becomes_a_queued_row_and_advances_a_year() -> None:
     schedule = due()
     now = datetime(2026, 7, 1, 9, 0, 2, tzinfo=UTC)
 
     plan = plan_due([schedule], POLICY, now)
 
     [row] = plan.rows
-    assert row.status == MessageStatus.PENDING
+    # Written `queued`: the scheduler publishes right after the commit, with no second write.
+    assert row.status == MessageStatus.QUEUED
     assert row.id == ledger_id(schedule.user_id, "birthday", date(2026, 7, 1))
     assert (row.user_id, row.kind, row.occasion_date) == (
         schedule.user_id,
@@ -56,8 +59,8 @@ def test_on_time_schedule_becomes_a_pending_row_and_advances_a_year() -> None:
         date(2026, 7, 1),
     )
     assert row.scheduled_at == schedule.next_fire_at  # the planned instant, not the tick's
-    # The publisher has the grace period before the sweep assumes the publish was lost.
-    assert row.lease_until == now + POLICY.publish_grace
+    # The queue holds it for a whole lease before the sweep presumes it lost and re-publishes.
+    assert row.lease_until == now + POLICY.queue_lease
     assert plan.advances == [
         ScheduleAdvance(
             schedule.user_id, "birthday", datetime(2027, 7, 1, 9, 0, tzinfo=UTC), date(2027, 7, 1)
@@ -69,13 +72,13 @@ def test_on_time_schedule_becomes_a_pending_row_and_advances_a_year() -> None:
 @pytest.mark.parametrize(
     ("late_by", "status"),
     [
-        (timedelta(hours=71, minutes=59), MessageStatus.PENDING),
-        (timedelta(hours=72), MessageStatus.PENDING),  # the window is inclusive
+        (timedelta(hours=71, minutes=59), MessageStatus.QUEUED),
+        (timedelta(hours=72), MessageStatus.QUEUED),  # the window is inclusive
         (timedelta(hours=72, seconds=1), MessageStatus.SKIPPED),
         (timedelta(days=200), MessageStatus.SKIPPED),
     ],
 )
-def test_catch_up_window_decides_pending_or_skipped(
+def test_catch_up_window_decides_queued_or_skipped(
     late_by: timedelta, status: MessageStatus
 ) -> None:
     schedule = due()
@@ -90,9 +93,9 @@ def test_catch_up_window_decides_pending_or_skipped(
 
 
 def test_zero_window_skips_anything_late() -> None:
-    policy = PlanningPolicy(time(9, 0), timedelta(0), timedelta(seconds=30))
+    policy = dataclasses.replace(POLICY, catch_up_window=timedelta(0))
     schedule = due()
-    assert plan_due([schedule], policy, schedule.next_fire_at).rows[0].status == "pending"
+    assert plan_due([schedule], policy, schedule.next_fire_at).rows[0].status == "queued"
     late = plan_due([schedule], policy, schedule.next_fire_at + timedelta(microseconds=1))
     assert late.rows[0].status == MessageStatus.SKIPPED
 
@@ -143,7 +146,7 @@ def test_next_year_is_computed_in_the_users_zone_with_its_own_dst() -> None:
     assert fires[winter.user_id] == datetime(2027, 1, 15, 14, tzinfo=UTC)
     # The winter one is long past the window when planned in July: recorded, not sent.
     statuses = {r.user_id: r.status for r in plan.rows}
-    assert statuses == {summer.user_id: "pending", winter.user_id: "skipped"}
+    assert statuses == {summer.user_id: "queued", winter.user_id: "skipped"}
 
 
 def test_fixed_offset_east_of_utc_fires_the_evening_before_in_utc() -> None:
@@ -222,7 +225,7 @@ def test_an_anniversary_kind_plans_alongside_birthdays(with_anniversary: Message
 
     rows = {r.kind: r for r in plan.rows}
     assert set(rows) == {"birthday", "anniversary"}
-    assert rows["anniversary"].status == MessageStatus.PENDING
+    assert rows["anniversary"].status == MessageStatus.QUEUED
     assert rows["birthday"].status == MessageStatus.SKIPPED  # July is long past in September
     assert rows["anniversary"].id == ledger_id(user, "anniversary", date(2026, 9, 12))
     assert rows["anniversary"].id != rows["birthday"].id

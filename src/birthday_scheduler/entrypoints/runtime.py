@@ -59,6 +59,7 @@ class Resources:
         return PlanningPolicy(
             send_time=self.settings.send_local_time,
             catch_up_window=timedelta(hours=self.settings.catch_up_window_hours),
+            queue_lease=self.lease,
             publish_grace=PUBLISH_GRACE,
         )
 
@@ -98,7 +99,6 @@ def build_scheduler(resources: Resources, replica: str) -> Scheduler:
         clock=resources.clock,
         policy=resources.planning_policy(),
         batch_size=resources.settings.scheduler_batch_size,
-        lease=resources.lease,
         replica=replica,
         lanes=1 if resources.settings.is_embedded_database else 3,
     )

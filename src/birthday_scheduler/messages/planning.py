@@ -29,8 +29,6 @@ from birthday_scheduler.messages.timemath import (
 # Ledger ids are derived from the schedule, so the same occasion always has the same id and
 # idempotency key, whichever replica plans it and however often.
 LEDGER_NAMESPACE = uuid.UUID("6f1f5a0e-8d8e-4f39-9d0c-5b1c1f0e2b7a")
-
-
 _NAMESPACE_BYTES = LEDGER_NAMESPACE.bytes
 
 
@@ -46,7 +44,11 @@ def ledger_id(user_id: uuid.UUID, kind: str, occasion: date) -> uuid.UUID:
 class PlanningPolicy:
     send_time: time
     catch_up_window: timedelta
-    publish_grace: timedelta  # how long a planned row may wait for its publish
+    # How long the queue may hold a row before the sweep publishes it again
+    # (MESSAGE_VISIBILITY_TIMEOUT_S).
+    queue_lease: timedelta
+    # How long a row the sweep re-publishes, or whose publish failed, waits for its publish.
+    publish_grace: timedelta
 
 
 def facts_of(
@@ -128,12 +130,17 @@ def plan_due(
 ) -> TickPlan:
     """Pure: the ledger rows and schedule advances for schedules that have come due.
 
-    A message found later than the catch-up window is recorded as skipped, never dropped.
+    Rows are written `queued`, leased for a whole queue lease: the scheduler publishes them as
+    soon as the transaction commits, so writing `pending` and then `queued` would write every
+    row twice. If that publish fails, the scheduler hands them back as `pending`; if the
+    scheduler dies first, the sweep finds them when the lease runs out, as it finds a message
+    the broker lost. A message found later than the catch-up window is recorded as skipped,
+    never dropped.
     """
     plan = TickPlan(rows=[], advances=[], dropped=[])
     # Loop invariants hoisted: this runs once per due message, 100,000 times in a big wave.
     on_time_since = now - policy.catch_up_window
-    lease_until = now + policy.publish_grace
+    lease_until = now + policy.queue_lease
     send_time = policy.send_time
     for schedule in due:
         kind = KINDS.get(schedule.kind)
@@ -149,7 +156,7 @@ def plan_due(
                 user_id=schedule.user_id,
                 kind=schedule.kind,
                 occasion_date=schedule.occasion_date,
-                status=MessageStatus.SKIPPED if late else MessageStatus.PENDING,
+                status=MessageStatus.SKIPPED if late else MessageStatus.QUEUED,
                 scheduled_at=schedule.next_fire_at,
                 lease_until=None if late else lease_until,
             )

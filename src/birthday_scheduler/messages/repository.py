@@ -180,41 +180,55 @@ async def _insert_ledger_rows_from_arrays(
     return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
 
 
-def _mark_queued_statement() -> Update:
+def _move_untouched_statement() -> Update:
     c = _ledger.c
     now = bindparam("now", type_=c.updated_at.type)
     return (
         update(_ledger)
         .where(
             c.id == any_(bindparam("ids", type_=ARRAY(Uuid()))),
-            c.status.in_([S.PENDING.value, S.QUEUED.value, S.FAILED.value]),
+            c.status == any_(bindparam("from_statuses", type_=ARRAY(String()))),
             c.updated_at == now,
         )
         .values(
-            status=S.QUEUED.value,
-            lease_until=bindparam("leased_until", type_=c.lease_until.type),
+            status=bindparam("to_status", type_=c.status.type),
+            lease_until=bindparam("lease_until", type_=c.lease_until.type),
             updated_at=now,
         )
     )
 
 
-_MARK_QUEUED_FROM_ARRAY = _mark_queued_statement()
+_MOVE_UNTOUCHED_FROM_ARRAY = _move_untouched_statement()
 
 
-async def mark_queued(
-    session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, lease: timedelta
+async def _move_untouched(
+    session: AsyncSession,
+    ids: Sequence[uuid.UUID],
+    now: datetime,
+    *,
+    from_statuses: Sequence[MessageStatus],
+    to_status: MessageStatus,
+    lease_until: datetime,
 ) -> None:
-    """After a confirmed publish: the queue holds these rows until the lease runs out.
+    """Move rows the publisher stamped with `now` and nobody has touched since.
 
-    `queued` rows are included: the sweep re-publishes them (a lost `queued` row, a `sending`
-    row handed back) with only the publish grace as lease, and without the full lease here
-    they would be published again every grace period while they wait in a long queue.
+    Only rows as the publisher left them: a worker may have claimed a row and recorded its
+    outcome between the publish and this update, and a `failed` with a fresh retry time turned
+    into `queued` (or `pending`) would wait for a publish that is not coming.
     """
+    if not ids:
+        return
     if session.get_bind().dialect.name == "postgresql":
-        # One array parameter: a cached statement, whatever the number of ids.
+        # Array parameters: one cached statement, whatever the number of ids.
         await session.execute(
-            _MARK_QUEUED_FROM_ARRAY,
-            {"ids": list(ids), "now": now, "leased_until": now + lease},
+            _MOVE_UNTOUCHED_FROM_ARRAY,
+            {
+                "ids": list(ids),
+                "from_statuses": list(from_statuses),
+                "now": now,
+                "to_status": to_status.value,
+                "lease_until": lease_until,
+            },
         )
         return
     # In slices elsewhere: each id is its own parameter there, and parameters are bounded.
@@ -224,15 +238,46 @@ async def mark_queued(
             update(_ledger)
             .where(
                 _ledger.c.id.in_(chunk),
-                _ledger.c.status.in_([S.PENDING, S.QUEUED, S.FAILED]),
-                # Only rows as the publisher left them (every caller stamped them with this
-                # `now`): a worker may have claimed a row and recorded its outcome between the
-                # publish and this update, and a `failed` with a fresh retry time turned into
-                # `queued` would wait a whole lease for a message no queue holds.
+                _ledger.c.status.in_(list(from_statuses)),
                 _ledger.c.updated_at == now,
             )
-            .values(status=S.QUEUED.value, lease_until=now + lease, updated_at=now)
+            .values(status=to_status.value, lease_until=lease_until, updated_at=now)
         )
+
+
+async def mark_queued(
+    session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, lease: timedelta
+) -> None:
+    """After a confirmed re-publish (the sweep, a DLQ replay): the queue holds these rows
+    until the lease runs out.
+
+    `queued` rows are included: the sweep re-publishes them (a lost `queued` row, a `sending`
+    row handed back) with only the publish grace as lease, and without the full lease here
+    they would be published again every grace period while they wait in a long queue.
+    """
+    await _move_untouched(
+        session,
+        ids,
+        now,
+        from_statuses=(S.PENDING, S.QUEUED, S.FAILED),
+        to_status=S.QUEUED,
+        lease_until=now + lease,
+    )
+
+
+async def release_unpublished(
+    session: AsyncSession, ids: Sequence[uuid.UUID], now: datetime, grace: timedelta
+) -> None:
+    """After a failed publish of freshly planned rows (written `queued`): back to `pending`,
+    for the sweep to publish once the grace has passed, instead of a whole queue lease."""
+    await _move_untouched(
+        session,
+        ids,
+        now,
+        from_statuses=(S.QUEUED,),
+        to_status=S.PENDING,
+        lease_until=now + grace,
+    )
 
 
 def _claim_stale_statement() -> ReturningUpdate[Any]:

@@ -61,7 +61,6 @@ class Scheduler:
     clock: Clock
     policy: PlanningPolicy
     batch_size: int
-    lease: timedelta  # how long the queue may hold a row before it is published again
     replica: str = "scheduler"
     # Concurrent transactions that drain a wave, so the database and Python overlap. One on
     # SQLite, which has a single writer.
@@ -114,16 +113,16 @@ class Scheduler:
                 await schedules.advance_schedules(session, plan.advances)
                 await schedules.drop_schedules(session, plan.dropped)
             stale = await repo.claim_stale(session, now, self.batch_size, self.policy.publish_grace)
-        pending = [row_id for row_id, status in written if status == MessageStatus.PENDING]
+        planned = [row_id for row_id, status in written if status == MessageStatus.QUEUED]
         skipped = sum(1 for _, status in written if status == MessageStatus.SKIPPED)
-        MESSAGES_PLANNED.inc(len(pending))
+        MESSAGES_PLANNED.inc(len(planned))
         if skipped:
             MESSAGES_PROCESSED.labels(outcome="skipped").inc(skipped)
             log.warning("scheduler.messages_skipped", count=skipped, reason="past catch-up window")
         # After the commit: nothing is published before its row exists.
-        await self._publish([*pending, *stale], now)
+        await self._publish(planned, stale, now)
         return _Batch(
-            planned=len(pending),
+            planned=len(planned),
             skipped=skipped,
             republished=len(stale),
             full=len(due) >= self.batch_size or len(stale) >= self.batch_size,
@@ -137,17 +136,28 @@ class Scheduler:
             await heartbeat.beat(session, self.replica, now)
         self._last_beat = now
 
-    async def _publish(self, ids: list[uuid.UUID], now: datetime) -> None:
-        """Publish committed rows; on failure they stay leased and the sweep retries them."""
-        if not ids:
+    async def _publish(
+        self, planned: list[uuid.UUID], stale: list[uuid.UUID], now: datetime
+    ) -> None:
+        """Publish committed rows, then record what the publish means for each.
+
+        Planned rows were written `queued`: a confirmed publish needs no second write, a failed
+        one hands them back as `pending` for the sweep. Swept rows carry only the publish grace
+        until a confirmed publish gives them the queue's lease. Should the scheduler die in
+        between, the leases already written bring every row back to the sweep.
+        """
+        if not planned and not stale:
             return
         try:
-            await self.broker.publish(ids)
+            await self.broker.publish([*planned, *stale])
         except BrokerError as exc:
-            log.error("scheduler.publish_failed", count=len(ids), error=str(exc))
+            log.error("scheduler.publish_failed", count=len(planned) + len(stale), error=str(exc))
+            async with unit_of_work(self.sessions) as session:
+                await repo.release_unpublished(session, planned, now, self.policy.publish_grace)
             return
-        async with unit_of_work(self.sessions) as session:
-            await repo.mark_queued(session, ids, now, self.lease)
+        if stale:
+            async with unit_of_work(self.sessions) as session:
+                await repo.mark_queued(session, stale, now, self.policy.queue_lease)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         """Tick until `stop` is set; a failed tick is logged and the next one tries again."""
