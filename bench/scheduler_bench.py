@@ -10,8 +10,11 @@ the database afterwards, whatever happens:
     every replica pays every SCHEDULER_INTERVAL_MS all year, so it must stay small (target
     median under 5 ms). It includes the stale sweep (`claim_stale`) and the heartbeat write.
 (b) planning: `--due` schedules come due at once (the 1 January birthday wave, say); one tick
-    plans them all (ledger rows, schedule advances, publish into the in-process queue,
-    mark queued). Target under 10 s for 100,000.
+    plans them all (ledger rows, schedule advances, publish into the in-process queue).
+    Target under 10 s for 100,000.
+(c) the same wave published to RabbitMQ (a throwaway vhost on the local server, publisher
+    confirms), on a copy of the database taken before any tick: what a deployment sees. No
+    target; `--no-rabbit` leaves it out.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import asyncio
 import contextlib
 import os
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import bindparam, update
@@ -33,8 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.infra import migrate
-from birthday_scheduler.infra.broker.base import MAIN_QUEUE
+from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker
 from birthday_scheduler.infra.broker.memory import MemoryBroker
+from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
 from birthday_scheduler.infra.db import create_engine
 from birthday_scheduler.infra.logging import configure_logging
 from birthday_scheduler.infra.sql import upsert
@@ -42,6 +48,10 @@ from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages import schedules
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.settings import Settings
+
+# Reuse the tests' vhost helpers without making tests/ a package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from rabbit_vhost import create_vhost, delete_vhost, vhost_url
 
 ADMIN_DSN = os.environ.get("BENCH_PG_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -153,9 +163,9 @@ async def _legacy_advance_schedules(
     """An executemany: one UPDATE statement per schedule."""
     if not advances:
         return
-    c = repo._schedules.c
+    c = schedules._schedules.c
     await session.execute(
-        update(repo._schedules)
+        update(schedules._schedules)
         .where(c.user_id == bindparam("b_user", type_=c.user_id.type))
         .where(c.kind == bindparam("b_kind", type_=c.kind.type))
         .values(
@@ -265,10 +275,19 @@ async def _fresh_database(users: int, due: int) -> tuple[str, float]:
     return name, await _load(url, users, due)
 
 
-async def _timed_wave(name: str, due: int) -> float:
+async def _timed_wave(name: str, due: int, broker: Broker | None = None) -> float:
     settings = Settings(database_url=_database_url(name))
-    async with runtime.open_resources(settings, broker=MemoryBroker()) as resources:
+    async with runtime.open_resources(settings, broker=broker or MemoryBroker()) as resources:
         return await _wave(resources, due)
+
+
+async def _rabbit_wave(name: str, due: int) -> float:
+    """The wave on database `name`, published to RabbitMQ in a vhost of its own."""
+    vhost = create_vhost("bench")
+    try:
+        return await _timed_wave(name, due, RabbitBroker(vhost_url(vhost)))
+    finally:
+        delete_vhost(vhost)
 
 
 async def _compare(due: int) -> tuple[float, float]:
@@ -286,17 +305,22 @@ async def _compare(due: int) -> tuple[float, float]:
     return before, after
 
 
-async def run(users: int, due: int, ticks: int, compare: int) -> list[Row]:
+async def run(users: int, due: int, ticks: int, compare: int, rabbit: bool) -> list[Row]:
     if not 0 < due <= users:
         raise SystemExit("--due must be between 1 and --users")
     name, load_s = await _fresh_database(users, due)
+    copy = f"{name}_rabbit"
     try:
+        if rabbit:  # before any tick: the same wave, still due
+            await _admin(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
         settings = Settings(database_url=_database_url(name))
         async with runtime.open_resources(settings, broker=MemoryBroker()) as resources:
             timings = await _idle_ticks(resources, ticks)
             wave_s = await _wave(resources, due)
+        rabbit_s = await _rabbit_wave(copy, due) if rabbit else None
     finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for database in (name, copy):
+            await _admin(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     median_ms = statistics.median(timings) * 1000
     rows = [
         Row(f"load {users:,} users + schedules + ledger", f"{load_s:.1f} s", "-", None),
@@ -308,6 +332,15 @@ async def run(users: int, due: int, ticks: int, compare: int) -> list[Row]:
         ),
         Row("plan rate", f"{due / wave_s:,.0f} rows/s", "> 10,000 rows/s", None),
     ]
+    if rabbit_s is not None:
+        rows.append(
+            Row(
+                f"plan {due:,} due, published to RabbitMQ",
+                f"{rabbit_s:.2f} s ({due / rabbit_s:,.0f} rows/s)",
+                "-",
+                None,
+            )
+        )
     if compare:
         before, after = await _compare(compare)
         rows += [
@@ -348,9 +381,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=10_000,
         help="also plan this many with the first repository version and report the ratio (0: off)",
     )
+    parser.add_argument(
+        "--no-rabbit",
+        dest="rabbit",
+        action="store_false",
+        help="leave out the wave published to the local RabbitMQ",
+    )
     args = parser.parse_args(argv)
     configure_logging("warn")
-    rows = asyncio.run(run(args.users, args.due, args.ticks, args.compare))
+    rows = asyncio.run(run(args.users, args.due, args.ticks, args.compare, args.rabbit))
     print_table("scheduler on PostgreSQL", rows)
     return 0 if all(row.ok is not False for row in rows) else 1
 
