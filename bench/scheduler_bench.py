@@ -20,7 +20,6 @@ the database afterwards, whatever happens:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import statistics
@@ -37,7 +36,7 @@ from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.entrypoints import runtime
-from birthday_scheduler.infra import migrate
+from birthday_scheduler.infra import eventloop, migrate
 from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
@@ -389,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging("warn")
-    rows = asyncio.run(run(args.users, args.due, args.ticks, args.compare, args.rabbit))
+    rows = eventloop.run(run(args.users, args.due, args.ticks, args.compare, args.rabbit))
     print_table("scheduler on PostgreSQL", rows)
     return 0 if all(row.ok is not False for row in rows) else 1
 

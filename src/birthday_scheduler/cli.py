@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -14,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from birthday_scheduler.errors import BirthdaySchedulerError, ConfigurationError
+from birthday_scheduler.infra import eventloop
 from birthday_scheduler.infra.logging import configure_logging
 from birthday_scheduler.settings import Settings, load_settings
 
@@ -38,7 +38,7 @@ def _run(job: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
     try:
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
-        return asyncio.run(job(settings))
+        return eventloop.run(job(settings))
     except ConfigurationError as exc:
         typer.echo(f"birthday-scheduler: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -179,15 +179,16 @@ class RabbitBroker:
         for start in range(0, len(message_ids), self._publish_batch):
             batch = message_ids[start : start + self._publish_batch]
             with self._errors(f"publish to {self._main_name!r}"):
-                underlay = await asyncio.wait_for(
-                    channel.get_underlay_channel(), timeout=self._timeout
-                )
-            # Confirms are pipelined: the whole batch goes out before the first confirm is
-            # awaited. Awaiting each one in turn costs a round trip per message.
-            results = await asyncio.gather(
-                *(self._publish_one(underlay, self._main_name, message_id) for message_id in batch),
-                return_exceptions=True,
-            )
+                # One deadline for the whole batch rather than one timer per message: the
+                # timers were a tenth of the publisher's CPU.
+                async with asyncio.timeout(self._timeout):
+                    underlay = await channel.get_underlay_channel()
+                    # Confirms are pipelined: the whole batch goes out before the first confirm
+                    # is awaited. Awaiting each one in turn costs a round trip per message.
+                    results = await asyncio.gather(
+                        *(self._publish_one(underlay, self._main_name, mid) for mid in batch),
+                        return_exceptions=True,
+                    )
             failures = [result for result in results if isinstance(result, BaseException)]
             if failures:
                 log.error("broker.publish_failed", failed=len(failures), batch=len(batch))
@@ -203,8 +204,9 @@ class RabbitBroker:
             "x-dead-at": dead_at.isoformat(),
         }
         with self._errors("publish to the dead-letter queue"):
-            underlay = await asyncio.wait_for(channel.get_underlay_channel(), timeout=self._timeout)
-            await self._publish_one(underlay, self._dlq_name, message_id, headers)
+            async with asyncio.timeout(self._timeout):
+                underlay = await channel.get_underlay_channel()
+                await self._publish_one(underlay, self._dlq_name, message_id, headers)
 
     async def _publish_one(
         self,
@@ -216,7 +218,8 @@ class RabbitBroker:
         # Straight to the aiormq channel with wait=False: aio-pika's wrapper waits for each
         # frame to drain to the socket while holding the channel lock, which serialises a
         # pipelined batch. The batch size bounds what is buffered instead. mandatory=True
-        # makes an unroutable message an error (the channel raises on Basic.Return).
+        # makes an unroutable message an error (the channel raises on Basic.Return). The
+        # caller's deadline bounds the wait for the confirm.
         result = await cast(aiormq.Channel, underlay).basic_publish(
             encode_body(message_id),
             routing_key=routing_key,
@@ -227,7 +230,6 @@ class RabbitBroker:
                 headers=headers,
             ),
             mandatory=True,
-            timeout=self._timeout,
             wait=False,
         )
         if not isinstance(result, aiormq.spec.Basic.Ack):
