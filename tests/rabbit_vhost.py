@@ -6,6 +6,7 @@ tests or runs; deleting the vhost removes everything in it.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import uuid
@@ -56,6 +57,20 @@ def list_queues(vhost: str) -> dict[str, tuple[str, str]]:
         if len(parts) >= 3:
             queues[parts[0]] = (parts[1], parts[2])
     return queues
+
+
+def connection_names(vhost: str) -> list[str]:
+    """The client-given names of the vhost's open connections, sorted."""
+    listed = json.loads(
+        rabbitmqctl("list_connections", "vhost", "client_properties", "--formatter", "json")
+    )
+    names = []
+    for connection in listed:
+        if connection["vhost"] != vhost:
+            continue
+        properties = {key: value for key, _type, value in connection["client_properties"]}
+        names.append(str(properties.get("connection_name", "")))
+    return sorted(names)
 
 
 def close_all_connections(vhost: str) -> None:

@@ -17,8 +17,19 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from birthday_scheduler.errors import BrokerError
 from birthday_scheduler.infra.broker.base import DEAD_LETTER_QUEUE, MAIN_QUEUE, DeadLetter
 from birthday_scheduler.infra.broker.policy import DELIVERY_LIMIT_REASON
-from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
-from rabbit_vhost import close_all_connections, create_vhost, delete_vhost, list_queues, vhost_url
+from birthday_scheduler.infra.broker.rabbitmq import (
+    CONSUMER_CONNECTION,
+    PUBLISHER_CONNECTION,
+    RabbitBroker,
+)
+from rabbit_vhost import (
+    close_all_connections,
+    connection_names,
+    create_vhost,
+    delete_vhost,
+    list_queues,
+    vhost_url,
+)
 from support import eventually
 
 pytestmark = pytest.mark.rabbitmq
@@ -322,6 +333,20 @@ async def test_consumer_recovers_after_the_broker_drops_the_connection(
         return seen[probe] >= 1
 
     await eventually(handled)
+
+
+async def test_consuming_uses_a_connection_of_its_own(broker: RabbitBroker, vhost: str) -> None:
+    """A publishing connection blocked by a RabbitMQ resource alarm must not hold up acks."""
+    _, handler = recorder()
+    assert connection_names(vhost) == [PUBLISHER_CONNECTION]
+
+    await broker.consume(handler, prefetch=1)
+    await eventually(
+        lambda: connection_names(vhost) == sorted([PUBLISHER_CONNECTION, CONSUMER_CONNECTION])
+    )
+    await broker.stop_consuming()
+
+    await eventually(lambda: connection_names(vhost) == [PUBLISHER_CONNECTION])
 
 
 async def test_errors_never_show_the_password(vhost: str) -> None:

@@ -13,9 +13,15 @@ message that is requeued after a peek back at its original position, so `dead_le
 can look without reordering. Quorum dead-lettering is at-most-once (RabbitMQ's default);
 a dead letter lost in transit is still `dead` in the ledger.
 
+Connections: one for publishing and operations, and one more for consuming once consume() is
+called. RabbitMQ blocks a connection that publishes while a memory or disk alarm is on; a
+consumer on that same connection could then not ack, the queue could not drain, and the alarm
+could not clear.
+
 Channels: one for the topology, one with publisher confirms, one for DLQ reads (basic.get
-holds unacked messages there), one per consumer subscription, and a short-lived one per
-passive declare (ping, queue_depth), because a failed one closes its channel.
+holds unacked messages there), one per consumer subscription (on the consumer's connection),
+and a short-lived one per passive declare (ping, queue_depth), because a failed one closes its
+channel.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ from birthday_scheduler.infra.broker.rabbitmq_dlq import RabbitDeadLetters
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
+# How the two connections show in the management UI and `rabbitmqctl list_connections`.
+PUBLISHER_CONNECTION = "birthday-scheduler"
+CONSUMER_CONNECTION = "birthday-scheduler consumer"
 
 
 class RabbitBroker:
@@ -96,6 +105,7 @@ class RabbitBroker:
         self._clock: Clock = clock or SystemClock()
 
         self._connection: AbstractRobustConnection | None = None
+        self._consumer_connection: AbstractRobustConnection | None = None
         self._ops_channel: AbstractChannel | None = None
         self._publish_channel: AbstractChannel | None = None
         self._dlq_channel: AbstractChannel | None = None
@@ -116,12 +126,7 @@ class RabbitBroker:
                 await self._declare_topology(self._require(self._ops_channel))
             return
         with self._errors("connect"):
-            connection = await aio_pika.connect_robust(
-                self._url,
-                timeout=self._timeout,
-                reconnect_interval=self._reconnect_interval,
-                client_properties={"connection_name": "birthday-scheduler"},
-            )
+            connection = await self._connect(PUBLISHER_CONNECTION)
         self._connection = connection
         try:
             with self._errors("declare topology"):
@@ -154,6 +159,14 @@ class RabbitBroker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), timeout=self._timeout)
             log.info("broker.closed")
+
+    async def _connect(self, name: str) -> AbstractRobustConnection:
+        return await aio_pika.connect_robust(
+            self._url,
+            timeout=self._timeout,
+            reconnect_interval=self._reconnect_interval,
+            client_properties={"connection_name": name},
+        )
 
     async def _declare_topology(self, channel: AbstractChannel) -> None:
         dlx = await channel.declare_exchange(
@@ -247,9 +260,11 @@ class RabbitBroker:
         self._stopping.clear()
         try:
             with self._errors("start consuming"):
+                self._consumer_connection = await self._connect(CONSUMER_CONNECTION)
                 await self._subscribe()
         except BrokerError:
             self._handler = None
+            await self._close_consumer_connection()
             raise
         self._watchdog = asyncio.create_task(self._watch(), name="rabbit-consumer-watchdog")
         log.info("broker.consumer_started", queue=self._main_name, prefetch=prefetch)
@@ -269,8 +284,15 @@ class RabbitBroker:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         if consumer is not None:
             await consumer.close(self._timeout)
+        await self._close_consumer_connection()
         self._handler = None
         log.info("broker.consumer_stopped", queue=self._main_name)
+
+    async def _close_consumer_connection(self) -> None:
+        connection, self._consumer_connection = self._consumer_connection, None
+        if connection is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(connection.close(), timeout=self._timeout)
 
     def consumer_alive(self) -> bool:
         return (
@@ -281,7 +303,7 @@ class RabbitBroker:
         )
 
     async def _subscribe(self) -> None:
-        connection = self._require(self._connection)
+        connection = self._require(self._consumer_connection)
         channel = await asyncio.wait_for(
             connection.channel(publisher_confirms=False), timeout=self._timeout
         )
