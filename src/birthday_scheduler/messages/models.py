@@ -23,8 +23,8 @@ from birthday_scheduler.infra.orm import Base, UTCDateTime
 
 
 class MessageStatus(StrEnum):
-    PENDING = "pending"  # planned and committed, not yet published
-    QUEUED = "queued"  # published to the queue
+    PENDING = "pending"  # committed, publish not confirmed: it failed, or a replay's is pending
+    QUEUED = "queued"  # published; planned rows are written so, published right after the commit
     SENDING = "sending"  # claimed by a worker; the attempt is counted
     SENT = "sent"
     FAILED = "failed"  # retryable failure, waiting for not_before
