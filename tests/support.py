@@ -103,6 +103,19 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+async def holds(check: Callable[[], bool], during: float = 0.2, interval: float = 0.01) -> None:
+    """Poll `check` until the deadline and fail the first time it is false: for "and nothing
+    else happens" (a task stays blocked, a count stays put), where a test would otherwise
+    yield to the loop a fixed number of times and hope that was enough."""
+    deadline = time.monotonic() + during
+    while True:
+        if not check():
+            raise AssertionError(f"condition stopped holding within {during}s")
+        if time.monotonic() > deadline:
+            return
+        await asyncio.sleep(interval)
+
+
 def wait_for(
     check: Callable[[], bool], what: str, within: float = 30.0, interval: float = 0.1
 ) -> None:

@@ -30,7 +30,7 @@ from rabbit_vhost import (
     list_queues,
     vhost_url,
 )
-from support import eventually
+from support import eventually, holds
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -375,9 +375,7 @@ async def test_stop_consuming_waits_for_handlers_in_flight(broker: RabbitBroker)
 
     await eventually(two_started)
     stopping = asyncio.create_task(broker.stop_consuming())
-    for _ in range(50):
-        await asyncio.sleep(0)
-    assert not stopping.done()
+    await holds(lambda: not stopping.done())
     assert not broker.consumer_alive()
     gate.set()
     await asyncio.wait_for(stopping, timeout=10)

@@ -8,6 +8,7 @@ from structlog.testing import capture_logs
 
 from birthday_scheduler.clock import SystemClock
 from birthday_scheduler.delivery.breaker import CircuitBreaker, CircuitOpenError, CircuitState
+from support import eventually, holds
 
 Transition = tuple[str, CircuitState, CircuitState]
 
@@ -48,12 +49,6 @@ def trip(breaker: CircuitBreaker, times: int = 3) -> None:
 def state(breaker: CircuitBreaker) -> CircuitState:
     # A call, not the property, so that mypy does not narrow it across transitions.
     return breaker.state
-
-
-async def settle() -> None:
-    """Let every ready task run (a yield, not a wait for time to pass)."""
-    for _ in range(20):
-        await asyncio.sleep(0)
 
 
 async def finished(task: asyncio.Task[None]) -> None:
@@ -121,8 +116,8 @@ async def test_only_one_probe_goes_through_while_half_open() -> None:
     clock.advance(30)
     first = asyncio.create_task(breaker.acquire())
     second = asyncio.create_task(breaker.acquire())
-    await settle()
-    assert [first.done(), second.done()].count(True) == 1
+    await eventually(lambda: first.done() or second.done(), within=2)
+    await holds(lambda: [first.done(), second.done()].count(True) == 1)
     assert state(breaker) is CircuitState.HALF_OPEN
     await cancel(first, second)
 
@@ -133,7 +128,7 @@ async def test_probe_success_closes_and_releases_all_waiters() -> None:
     clock.advance(30)
     await breaker.acquire()  # the probe
     waiters = [asyncio.create_task(breaker.acquire()) for _ in range(3)]
-    await settle()
+    await holds(lambda: not any(task.done() for task in waiters))
     assert not any(task.done() for task in waiters)
     breaker.record_success()
     for task in waiters:
@@ -148,9 +143,9 @@ async def test_probe_failure_reopens_and_waiters_wait_for_the_next_probe() -> No
     clock.advance(30)
     await breaker.acquire()  # the probe
     waiter = asyncio.create_task(breaker.acquire())
-    await settle()
+    await holds(lambda: not waiter.done())
     breaker.record_failure()
-    await settle()
+    await holds(lambda: not waiter.done())
     assert state(breaker) is CircuitState.OPEN
     assert breaker.seconds_until_retry() == pytest.approx(30.0)
     assert not waiter.done()
@@ -171,14 +166,13 @@ async def test_release_frees_the_probe_slot_for_another_waiter() -> None:
     clock.advance(30)
     await breaker.acquire()  # the probe, which turns out to have nothing to send
     waiter = asyncio.create_task(breaker.acquire())
-    await settle()
-    assert not waiter.done()
+    await holds(lambda: not waiter.done())
     breaker.release()
     await finished(waiter)
     assert state(breaker) is CircuitState.HALF_OPEN
     other = asyncio.create_task(breaker.acquire())
-    await settle()
-    assert not other.done()  # the released waiter now holds the one probe slot
+    # The released waiter now holds the one probe slot.
+    await holds(lambda: not other.done())
     await cancel(other)
 
 
@@ -186,8 +180,7 @@ async def test_open_waiter_is_released_after_the_clock_passes_the_reset_time() -
     breaker, clock, _ = make(reset_s=30.0)
     trip(breaker)
     waiter = asyncio.create_task(breaker.acquire())
-    await settle()
-    assert not waiter.done()
+    await holds(lambda: not waiter.done())
     clock.advance(31)
     _ = breaker.state
     await finished(waiter)

@@ -19,7 +19,7 @@ from birthday_scheduler.infra.broker.base import (
 )
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.broker.policy import DELIVERY_LIMIT_REASON
-from support import eventually
+from support import eventually, holds
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -30,11 +30,6 @@ class FixedClock:
 
     def monotonic(self) -> float:
         return 0.0
-
-
-async def let_loop_run(turns: int = 50) -> None:
-    for _ in range(turns):
-        await asyncio.sleep(0)
 
 
 def make_broker(delivery_limit: int = 20) -> MemoryBroker:
@@ -145,8 +140,7 @@ async def test_no_more_than_prefetch_handlers_run_at_once() -> None:
     await broker.publish([uuid.uuid4() for _ in range(10)])
     await broker.consume(handler, prefetch=3)
     await eventually(lambda: running == 3, within=5, interval=0.001)
-    await let_loop_run()
-    assert running == 3
+    await holds(lambda: running == 3)
     assert await broker.queue_depth(MAIN_QUEUE) == 7
     gate.set()
     await eventually(lambda: finished == 10, within=5, interval=0.001)
@@ -172,8 +166,7 @@ async def test_stop_consuming_waits_for_handlers_in_flight_and_takes_no_more() -
     assert broker.consumer_alive()
 
     stopping = asyncio.create_task(broker.stop_consuming())
-    await let_loop_run()
-    assert not stopping.done()
+    await holds(lambda: not stopping.done())
     assert not broker.consumer_alive()
 
     gate.set()
