@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
 from collections import Counter
@@ -22,6 +21,7 @@ from birthday_scheduler.infra.broker.rabbitmq import (
     PUBLISHER_CONNECTION,
     RabbitBroker,
 )
+from broker_contract import check_stop_consuming_waits_for_handlers_in_flight
 from rabbit_vhost import (
     close_all_connections,
     connection_names,
@@ -30,7 +30,7 @@ from rabbit_vhost import (
     list_queues,
     vhost_url,
 )
-from support import eventually, holds
+from support import eventually
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -358,27 +358,4 @@ async def test_errors_never_show_the_password(vhost: str) -> None:
 
 
 async def test_stop_consuming_waits_for_handlers_in_flight(broker: RabbitBroker) -> None:
-    gate = asyncio.Event()
-    started: list[UUID] = []
-    finished: list[UUID] = []
-
-    async def handler(message_id: UUID) -> None:
-        started.append(message_id)
-        await gate.wait()
-        finished.append(message_id)
-
-    await broker.publish([uuid.uuid4() for _ in range(5)])
-    await broker.consume(handler, prefetch=2)
-
-    async def two_started() -> bool:
-        return len(started) == 2
-
-    await eventually(two_started)
-    stopping = asyncio.create_task(broker.stop_consuming())
-    await holds(lambda: not stopping.done())
-    assert not broker.consumer_alive()
-    gate.set()
-    await asyncio.wait_for(stopping, timeout=10)
-    assert finished == started
-    # The two handled messages were acked; the rest wait in the queue for the next consumer.
-    assert await broker.queue_depth(MAIN_QUEUE) == 3
+    await check_stop_consuming_waits_for_handlers_in_flight(broker)

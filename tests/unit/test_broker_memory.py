@@ -19,6 +19,7 @@ from birthday_scheduler.infra.broker.base import (
 )
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.broker.policy import DELIVERY_LIMIT_REASON
+from broker_contract import check_stop_consuming_waits_for_handlers_in_flight
 from support import eventually, holds
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -151,28 +152,7 @@ async def test_no_more_than_prefetch_handlers_run_at_once() -> None:
 async def test_stop_consuming_waits_for_handlers_in_flight_and_takes_no_more() -> None:
     broker = make_broker()
     await broker.start()
-    gate = asyncio.Event()
-    started: list[UUID] = []
-    finished: list[UUID] = []
-
-    async def handler(message_id: UUID) -> None:
-        started.append(message_id)
-        await gate.wait()
-        finished.append(message_id)
-
-    await broker.publish([uuid.uuid4() for _ in range(5)])
-    await broker.consume(handler, prefetch=2)
-    await eventually(lambda: len(started) == 2, within=5, interval=0.001)
-    assert broker.consumer_alive()
-
-    stopping = asyncio.create_task(broker.stop_consuming())
-    await holds(lambda: not stopping.done())
-    assert not broker.consumer_alive()
-
-    gate.set()
-    await asyncio.wait_for(stopping, timeout=5)
-    assert finished == started
-    assert len(finished) == 2
+    await check_stop_consuming_waits_for_handlers_in_flight(broker)
     assert await broker.queue_depth(MAIN_QUEUE) == 3
 
 
