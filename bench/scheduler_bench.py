@@ -183,16 +183,26 @@ async def _legacy_advance_schedules(
     )
 
 
+async def _legacy_write_tick_plan(
+    session: AsyncSession,
+    rows: Sequence[repo.NewLedgerRow],
+    advances: Sequence[schedules.ScheduleAdvance],
+    now: datetime,
+) -> list[tuple[uuid.UUID, MessageStatus]]:
+    written = await _legacy_insert_ledger_rows(session, rows, now)
+    await _legacy_advance_schedules(session, advances)
+    return written
+
+
 @contextlib.contextmanager
 def _legacy_repository() -> Iterator[None]:
-    # The scheduler looks these up on the module at call time, so swapping them is enough.
-    saved = repo.insert_ledger_rows, schedules.advance_schedules
-    repo.insert_ledger_rows = _legacy_insert_ledger_rows
-    schedules.advance_schedules = _legacy_advance_schedules
+    # The scheduler looks it up on the module at call time, so swapping it is enough.
+    saved = repo.write_tick_plan
+    repo.write_tick_plan = _legacy_write_tick_plan
     try:
         yield
     finally:
-        repo.insert_ledger_rows, schedules.advance_schedules = saved
+        repo.write_tick_plan = saved
 
 
 @dataclass(frozen=True)

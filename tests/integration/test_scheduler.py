@@ -346,8 +346,7 @@ async def plan_without_publishing(
     async with unit_of_work(resources.sessions) as session:
         due = await schedules.claim_due_schedules(session, now, 100)
         plan = plan_due(due, scheduler.policy, now)
-        await repo.insert_ledger_rows(session, plan.rows, now)
-        await schedules.advance_schedules(session, plan.advances)
+        await repo.write_tick_plan(session, plan.rows, plan.advances, now)
     return [(row.id, str(row.user_id)) for row in plan.rows]
 
 

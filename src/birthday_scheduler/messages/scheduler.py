@@ -109,8 +109,7 @@ class Scheduler:
             written: list[tuple[uuid.UUID, MessageStatus]] = []
             if due:
                 plan = plan_due(due, self.policy, now)
-                written = await repo.insert_ledger_rows(session, plan.rows, now)
-                await schedules.advance_schedules(session, plan.advances)
+                written = await repo.write_tick_plan(session, plan.rows, plan.advances, now)
                 await schedules.drop_schedules(session, plan.dropped)
             stale = await repo.claim_stale(session, now, self.batch_size, self.policy.publish_grace)
         planned = [row_id for row_id, status in written if status == MessageStatus.QUEUED]

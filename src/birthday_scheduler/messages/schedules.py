@@ -8,21 +8,15 @@ from datetime import date, datetime
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
-    Date,
-    DateTime,
     Integer,
     Select,
-    String,
     Table,
-    Uuid,
     bindparam,
     delete,
     func,
     select,
-    text,
     update,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.infra.sql import upsert
@@ -125,33 +119,10 @@ async def claim_due_schedules(
     return list(map(DueSchedule._make, rows.all()))
 
 
-# PostgreSQL advances a whole batch in one statement joined to the new values as arrays; an
-# executemany (the portable form below) pays a statement's overhead per schedule, which
-# dominated planning a large wave of due messages.
-_ADVANCE_FROM_ARRAYS = text(
-    """
-    UPDATE message_schedules AS s
-    SET next_fire_at = v.next_fire_at, occasion_date = v.occasion_date
-    FROM unnest(:user_ids, :kinds, :fires, :dates) AS v(user_id, kind, next_fire_at, occasion_date)
-    WHERE s.user_id = v.user_id AND s.kind = v.kind
-    """
-).bindparams(
-    bindparam("user_ids", type_=ARRAY(Uuid())),
-    bindparam("kinds", type_=ARRAY(String())),
-    bindparam("fires", type_=ARRAY(DateTime(timezone=True))),
-    bindparam("dates", type_=ARRAY(Date())),
-)
-
-
 async def advance_schedules(session: AsyncSession, advances: Sequence[ScheduleAdvance]) -> None:
+    """Move each schedule on to its next occurrence. On PostgreSQL a tick does this inside
+    repository.write_tick_plan, in the statement that writes the ledger rows."""
     if not advances:
-        return
-    if session.get_bind().dialect.name == "postgresql":
-        user_ids, kinds, fires, dates = (list(column) for column in zip(*advances, strict=True))
-        await session.execute(
-            _ADVANCE_FROM_ARRAYS,
-            {"user_ids": user_ids, "kinds": kinds, "fires": fires, "dates": dates},
-        )
         return
     c = _schedules.c
     await session.execute(
