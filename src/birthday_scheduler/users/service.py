@@ -150,8 +150,11 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         created, user_id = raw.split("|")
         instant = datetime.fromisoformat(created)
-        if instant.tzinfo is None:
-            raise ValueError("naive")
+        # Cursors carry a UTC creation time this service wrote. Anything else (another offset,
+        # a year no row can have been made in) is forged, and would overflow the driver's
+        # conversion to UTC: a 400, never a 500.
+        if instant.utcoffset() != timedelta(0) or not 1970 <= instant.year < 9000:
+            raise ValueError("not a cursor of ours")
         return instant, uuid.UUID(user_id)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise ValidationProblem(
