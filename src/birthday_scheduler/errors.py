@@ -50,3 +50,15 @@ class ConflictError(ProblemError):
 class ValidationProblem(ProblemError):
     def __init__(self, errors: list[FieldProblem], detail: str = "The request is invalid.") -> None:
         super().__init__(status=400, title="Bad Request", detail=detail, errors=errors)
+
+
+class DatabaseUnavailableError(ProblemError):
+    """The database could not be reached, or did not answer in time: retry later (503)."""
+
+    def __init__(self, retry_after_s: int = 5) -> None:
+        super().__init__(
+            status=503,
+            title="Service Unavailable",
+            detail="The database is unreachable right now; retry later.",
+            headers={"Retry-After": str(retry_after_s)},
+        )

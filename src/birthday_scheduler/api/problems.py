@@ -9,7 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from birthday_scheduler.errors import FieldProblem, ProblemError
+from birthday_scheduler.errors import DatabaseUnavailableError, FieldProblem, ProblemError
+from birthday_scheduler.infra.db_faults import is_unavailable
 from birthday_scheduler.infra.logging import get_logger
 
 PROBLEM_JSON = "application/problem+json"
@@ -68,6 +69,10 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if is_unavailable(exc):
+            # A database call outside the routes' deadline (the console, say): still a 503.
+            log.warning("db.unavailable", error=type(exc).__name__, path=request.url.path)
+            return problem_response(DatabaseUnavailableError(), request.url.path)
         log.error("http.unhandled_error", error=type(exc).__name__, path=request.url.path)
         problem = ProblemError(500, "Internal Server Error", "Something went wrong on our side.")
         return problem_response(problem, request.url.path)

@@ -36,6 +36,13 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     target = async_url(database_url)
     if target.startswith("sqlite"):
         return _sqlite_engine(target)
+    # Every wait on the database is bounded, so an unreachable server is an error in seconds,
+    # never a hang: connecting (refused at once; black-holed: `timeout`), waiting for a pooled
+    # connection (`pool_timeout`, long enough for a busy worker) and each statement
+    # (`command_timeout`: the backstop for a connection that went silent under a scheduler or
+    # worker, as long as the runbook's "end queries older than 5 minutes"; SQLAlchemy then
+    # discards that connection). The API bounds its requests far tighter (users/routes.py).
+    # Pre-ping replaces connections a restart killed before a request gets them.
     return create_async_engine(
         target,
         pool_size=settings.database_pool_max,
@@ -43,7 +50,11 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         pool_pre_ping=True,
         pool_timeout=10,
         # asyncpg caches prepared statements per connection; keep them for the hot queries.
-        connect_args={"server_settings": {"application_name": "birthday-scheduler"}},
+        connect_args={
+            "server_settings": {"application_name": "birthday-scheduler"},
+            "timeout": 5,
+            "command_timeout": 300,
+        },
     )
 
 

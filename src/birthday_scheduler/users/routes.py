@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.api.context import ApiContext
 from birthday_scheduler.infra.db import unit_of_work
+from birthday_scheduler.infra.db_faults import database_deadline
 from birthday_scheduler.users.schemas import (
     MessageHistory,
     MessageOut,
@@ -19,6 +20,11 @@ from birthday_scheduler.users.schemas import (
     UserPatch,
     UserWrite,
 )
+
+# How long a request may wait on the database in all (checkout, statements, commit) before
+# it is answered 503 + Retry-After: a few seconds, so a silent database never hangs clients.
+DATABASE_DEADLINE_S = 5.0
+T = TypeVar("T")
 
 PROBLEM: dict[str, Any] = {"model": None, "content": {"application/problem+json": {}}}
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -36,56 +42,55 @@ def _context(request: Request) -> ApiContext:
 Context = Annotated[ApiContext, Depends(_context)]
 
 
-async def _session(context: Context) -> AsyncIterator[AsyncSession]:
-    async with unit_of_work(context.sessions) as session:
-        yield session
-
-
-Session = Annotated[AsyncSession, Depends(_session)]
+async def _transaction(context: ApiContext, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    """Run `work` in one transaction, committed before the response is sent (a dependency
+    with `yield` would commit after it), within the request's database deadline."""
+    async with (
+        database_deadline(DATABASE_DEADLINE_S),
+        unit_of_work(context.sessions) as session,
+    ):
+        return await work(session)
 
 
 def build_router(dependencies: list[object]) -> APIRouter:
     router = APIRouter(prefix="/users", tags=["users"], dependencies=dependencies, responses=ERRORS)  # type: ignore[arg-type]
 
     @router.post("", status_code=201, response_model=UserOut, responses={409: PROBLEM})
-    async def create_user(body: UserWrite, context: Context, session: Session) -> UserOut:
-        return await context.users.create(session, body, context.clock.now())
+    async def create_user(body: UserWrite, context: Context) -> UserOut:
+        now = context.clock.now()
+        return await _transaction(context, lambda s: context.users.create(s, body, now))
 
     @router.get("", response_model=UserPage)
     async def list_users(
         context: Context,
-        session: Session,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> UserPage:
-        return await context.users.list_page(session, limit, cursor)
+        return await _transaction(context, lambda s: context.users.list_page(s, limit, cursor))
 
     @router.get("/{user_id}", response_model=UserOut, responses={404: PROBLEM})
-    async def get_user(user_id: uuid.UUID, context: Context, session: Session) -> UserOut:
-        return await context.users.get(session, user_id)
+    async def get_user(user_id: uuid.UUID, context: Context) -> UserOut:
+        return await _transaction(context, lambda s: context.users.get(s, user_id))
 
     @router.put("/{user_id}", response_model=UserOut, responses={404: PROBLEM, 409: PROBLEM})
-    async def replace_user(
-        user_id: uuid.UUID, body: UserWrite, context: Context, session: Session
-    ) -> UserOut:
-        return await context.users.replace(session, user_id, body, context.clock.now())
+    async def replace_user(user_id: uuid.UUID, body: UserWrite, context: Context) -> UserOut:
+        now = context.clock.now()
+        return await _transaction(context, lambda s: context.users.replace(s, user_id, body, now))
 
     @router.patch("/{user_id}", response_model=UserOut, responses={404: PROBLEM, 409: PROBLEM})
-    async def patch_user(
-        user_id: uuid.UUID, body: UserPatch, context: Context, session: Session
-    ) -> UserOut:
-        return await context.users.patch(session, user_id, body, context.clock.now())
+    async def patch_user(user_id: uuid.UUID, body: UserPatch, context: Context) -> UserOut:
+        now = context.clock.now()
+        return await _transaction(context, lambda s: context.users.patch(s, user_id, body, now))
 
     @router.delete("/{user_id}", status_code=204, responses={404: PROBLEM})
-    async def delete_user(user_id: uuid.UUID, context: Context, session: Session) -> Response:
-        await context.users.delete(session, user_id, context.clock.now())
+    async def delete_user(user_id: uuid.UUID, context: Context) -> Response:
+        now = context.clock.now()
+        await _transaction(context, lambda s: context.users.delete(s, user_id, now))
         return Response(status_code=204)
 
     @router.get("/{user_id}/messages", response_model=MessageHistory, responses={404: PROBLEM})
-    async def user_messages(
-        user_id: uuid.UUID, context: Context, session: Session
-    ) -> MessageHistory:
-        rows = await context.users.history(session, user_id)
+    async def user_messages(user_id: uuid.UUID, context: Context) -> MessageHistory:
+        rows = await _transaction(context, lambda s: context.users.history(s, user_id))
         return MessageHistory(
             data=[MessageOut.model_validate(row, from_attributes=True) for row in rows]
         )
