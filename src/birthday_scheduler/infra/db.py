@@ -73,6 +73,17 @@ def _sqlite_engine(target: str) -> AsyncEngine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
+        # pysqlite emits no BEGIN of its own (it begins lazily, before the first write), so a
+        # SAVEPOINT would open the transaction and its RELEASE commit it: a user committed
+        # without its plan. Turn that off and begin explicitly, below.
+        dbapi_connection.isolation_level = None
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        # IMMEDIATE takes the write lock up front: two transactions that read and then write
+        # queue on the busy timeout instead of failing on a stale snapshot, and a tick's read
+        # of due schedules cannot be overtaken by an edit before its own writes.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
