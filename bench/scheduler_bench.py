@@ -8,7 +8,7 @@ the database afterwards, whatever happens:
 
 (a) idle tick: N users, none due; `Scheduler.tick(now)` timed `--ticks` times. This is what
     every replica pays every SCHEDULER_INTERVAL_MS all year, so it must stay small (target
-    median under 5 ms). It includes the stale sweep (`claim_stale`) and the heartbeat write.
+    median under 5 ms). It includes the stale sweep (`lock_stale`) and the heartbeat write.
 (b) planning: `--due` schedules come due at once (the 1 January birthday wave, say); one tick
     plans them all (ledger rows, schedule advances, publish into the in-process queue).
     Target under 10 s for 100,000.

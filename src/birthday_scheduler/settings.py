@@ -39,7 +39,8 @@ class Settings(BaseSettings):
     retry_max_delay_ms: int = Field(300_000, ge=1, le=86_400_000)
 
     send_local_time: time = time(9, 0)
-    catch_up_window_hours: int = Field(72, ge=0, le=24 * 366)
+    # At least an hour: a tick finds a message just after its instant, so 0 would skip them all.
+    catch_up_window_hours: int = Field(72, ge=1, le=24 * 366)
     scheduler_interval_ms: int = Field(1_000, ge=10, le=3_600_000)
     scheduler_batch_size: int = Field(1_000, ge=1, le=100_000)
     # A row left `queued` or `sending` this long (broker lost it, worker killed) is re-published.
@@ -52,6 +53,8 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(None, ge=0, le=65_535)
     max_body_bytes: int = Field(16_384, ge=256, le=10_485_760)
     rate_limit_per_minute: int = Field(600, ge=0, le=1_000_000)
+    # Peers whose X-Forwarded-For names the client (rate limits, logs): IPs, CIDRs, or `*`.
+    forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1",)
     shutdown_grace_s: float = Field(30.0, ge=0, le=3_600)
 
     log_level: LogLevel = "info"
@@ -81,6 +84,24 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(token.strip() for token in value.split(",") if token.strip())
         return value
+
+    @field_validator("forwarded_allow_ips", mode="before")
+    @classmethod
+    def _trusted_proxies(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        entries = tuple(entry.strip() for entry in value.split(",") if entry.strip())
+        if entries == ("*",):
+            return entries
+        for entry in entries:
+            try:
+                ipaddress.ip_network(entry)  # an address is a network of one
+            except ValueError:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.0/8); "
+                    "give a comma-separated list, or * alone to trust every peer"
+                ) from None
+        return entries
 
     @field_validator("database_url")
     @classmethod

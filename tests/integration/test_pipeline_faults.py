@@ -223,7 +223,7 @@ async def test_a_retry_recorded_before_the_publisher_marks_the_row_queued_is_kep
         retry_at = worker_now + timedelta(seconds=2)
         async with unit_of_work(sessions) as session:
             claimed = await repo.claim_for_sending(
-                session, row.id, worker_now, timedelta(seconds=60)
+                session, row.id, worker_now, timedelta(seconds=60), tick - timedelta(hours=1)
             )
             assert claimed is not None
         async with unit_of_work(sessions) as session:
@@ -246,7 +246,8 @@ async def test_a_retry_recorded_before_the_publisher_marks_the_row_queued_is_kep
 
         # The sweep finds it when the retry is due, not five minutes later.
         async with unit_of_work(sessions) as session:
-            assert await repo.claim_stale(session, retry_at, 100, timedelta(seconds=30)) == [row.id]
+            stale = await repo.lock_stale(session, retry_at, 100)
+        assert [(r.id, r.status) for r in stale] == [(row.id, "failed")]
         # A row the worker has not touched is still marked queued as before.
         (untouched,) = await seed_due(sessions, 1, now=tick - timedelta(seconds=1))
         async with unit_of_work(sessions) as session:

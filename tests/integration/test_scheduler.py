@@ -322,7 +322,9 @@ async def test_a_failed_publish_hands_back_only_rows_nobody_touched_since(
     )
     worker_at = SEND + timedelta(milliseconds=20)
     async with unit_of_work(resources.sessions) as session:
-        assert await repo.claim_for_sending(session, taken, worker_at, resources.lease)
+        assert await repo.claim_for_sending(
+            session, taken, worker_at, resources.lease, SEND - timedelta(hours=1)
+        )
 
     async with unit_of_work(resources.sessions) as session:
         await repo.release_unpublished(session, [taken, untouched], SEND, GRACE)
@@ -392,7 +394,9 @@ async def test_sending_row_whose_lease_passed_is_handed_back_as_queued(
     # A worker claims it the way workers do, then dies mid-send.
     claimed_at = SEND + timedelta(seconds=2)
     async with unit_of_work(resources.sessions) as session:
-        claimed = await repo.claim_for_sending(session, row.id, claimed_at, resources.lease)
+        claimed = await repo.claim_for_sending(
+            session, row.id, claimed_at, resources.lease, SEND - timedelta(hours=1)
+        )
     assert claimed is not None
     assert claimed.attempts == 1
 

@@ -17,7 +17,13 @@ from birthday_scheduler.infra.db import create_engine
 from birthday_scheduler.settings import Settings
 from support import drop_database, pg_admin, pg_url
 
-TABLES = {"users", "message_schedules", "message_logs", "scheduler_heartbeats"}
+TABLES = {
+    "users",
+    "message_schedules",
+    "message_logs",
+    "scheduler_heartbeats",
+    "started_occasions",
+}
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

@@ -24,10 +24,15 @@ from birthday_scheduler.delivery.client import Outcome, SendResult
 from birthday_scheduler.infra.broker.base import Broker
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.infra.logging import get_logger
-from birthday_scheduler.infra.metrics import DELIVERY_DURATION, MESSAGES_PROCESSED
+from birthday_scheduler.infra.metrics import (
+    DELIVERY_DURATION,
+    MESSAGES_ISOLATED,
+    MESSAGES_PROCESSED,
+)
 from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages.kinds import Recipient, kind_named
 from birthday_scheduler.messages.models import MessageStatus
+from birthday_scheduler.messages.sweep import late_reason
 
 log = get_logger(__name__)
 
@@ -51,7 +56,10 @@ class DeliveryWorker:
     breaker: CircuitBreaker
     clock: Clock
     retry: RetryPolicy
-    lease: timedelta  # longer than one send may take; then the row is presumed abandoned
+    # How long a claimed row stays ours: one send's time-out plus a margin. A worker killed
+    # mid-call leaves its row `sending` this long, then the sweep publishes it again.
+    lease: timedelta
+    catch_up_window: timedelta
     rng: random.Random = field(default_factory=random.Random)
 
     async def handle(self, message_id: uuid.UUID) -> None:
@@ -67,26 +75,46 @@ class DeliveryWorker:
     async def _deliver(self, message_id: uuid.UUID) -> bool:
         """Returns True once the breaker has been told how the call went."""
         now = self.clock.now()
+        on_time_since = now - self.catch_up_window
+        late = False
         async with unit_of_work(self.sessions) as session:
-            claimed = await repo.claim_for_sending(session, message_id, now, self.lease)
+            claimed = await repo.claim_for_sending(
+                session, message_id, now, self.lease, on_time_since
+            )
             if claimed is None:
-                status = await repo.status_of(session, message_id)
+                late = await repo.skip_if_late(
+                    session, message_id, now, on_time_since, late_reason(self.catch_up_window)
+                )
             elif claimed.user_deleted:
                 await repo.record_outcome(
                     session, claimed.id, claimed.attempts, MessageStatus.CANCELLED, now
                 )
         if claimed is None:
-            # Sent, finished, held by another worker, or not due yet: the ledger knows, and
-            # the sweep re-publishes whatever still needs sending.
-            log.debug("message.not_claimable", message_id=str(message_id), status=status)
+            if late:
+                MESSAGES_PROCESSED.labels(outcome="skipped").inc()
+                log.warning("message.skipped", message_id=str(message_id), reason="late")
+            else:
+                # Sent, finished, held by another worker, or not due yet: the ledger knows,
+                # and the sweep re-publishes whatever still needs sending.
+                log.debug("message.not_claimable", message_id=str(message_id))
             return False
         if claimed.user_deleted:
             MESSAGES_PROCESSED.labels(outcome="cancelled").inc()
             return False
-
-        text = kind_named(claimed.kind).render(
-            Recipient(claimed.first_name, claimed.last_name, claimed.email)
-        )
+        if claimed.attempts > self.retry.max_attempts:
+            # Every earlier attempt ended without an outcome (its worker died mid-call): this
+            # message may be what kills them. Isolate it instead of trying for ever.
+            await self._isolate(
+                claimed, f"attempts spent ({claimed.attempts - 1}) without an outcome"
+            )
+            return False
+        try:
+            text = kind_named(claimed.kind).render(
+                Recipient(claimed.first_name, claimed.last_name, claimed.email)
+            )
+        except Exception as exc:  # e.g. a kind no longer registered: it never will render
+            await self._isolate(claimed, f"cannot be rendered: {_detail(exc)}")
+            return False
         started = time.perf_counter()
         result = await self.sender.send(claimed.email, text, claimed.idempotency_key)
         DELIVERY_DURATION.observe(time.perf_counter() - started)
@@ -129,11 +157,24 @@ class DeliveryWorker:
             if result.outcome is Outcome.PERMANENT
             else f"attempts spent ({claimed.attempts}): {result.reason}"
         )
+        await self._dead_letter(claimed, reason, now)
+
+    async def _isolate(self, claimed: repo.ClaimedMessage, reason: str) -> None:
+        MESSAGES_ISOLATED.labels(stage="delivery").inc()
+        await self._dead_letter(claimed, reason, self.clock.now())
+
+    async def _dead_letter(self, claimed: repo.ClaimedMessage, reason: str, now: datetime) -> None:
         # The DLQ copy goes first, so a row marked dead always has its copy there.
         await self.broker.publish_dead(claimed.id, reason, now)
         await self._write(claimed, MessageStatus.DEAD, now, error=reason)
         MESSAGES_PROCESSED.labels(outcome="dead").inc()
-        log.error("message.dead_lettered", **context, reason=reason)
+        log.error(
+            "message.dead_lettered",
+            message_id=str(claimed.id),
+            kind=claimed.kind,
+            attempt=claimed.attempts,
+            reason=reason,
+        )
 
     async def _write(
         self,
@@ -161,3 +202,9 @@ class DeliveryWorker:
                 attempt=claimed.attempts,
                 status=status.value,
             )
+
+
+def _detail(exc: Exception) -> str:
+    """What went wrong, without the message's data: only a LookupError (an unknown kind) says
+    more than its type, and it names only the kind."""
+    return f"{exc}"[:200] if isinstance(exc, LookupError) else type(exc).__name__

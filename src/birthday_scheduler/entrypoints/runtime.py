@@ -39,6 +39,9 @@ from birthday_scheduler.users.service import UsersService
 
 log = get_logger(__name__)
 PUBLISH_GRACE = timedelta(seconds=30)
+# A claimed row's lease is one send's time-out plus this: enough to record the outcome after a
+# slow answer, short enough that a killed worker's message goes out again within seconds.
+SENDING_LEASE_MARGIN = timedelta(seconds=5)
 BREAKER_NAME = "message_service"
 GAUGE_INTERVAL_S = 5.0
 
@@ -67,6 +70,10 @@ class Resources:
         if self.broker is None:
             raise ConfigurationError("RABBITMQ_URL: required for this command")
         return self.broker
+
+
+def sending_lease(settings: Settings) -> timedelta:
+    return timedelta(milliseconds=settings.message_service_timeout_ms) + SENDING_LEASE_MARGIN
 
 
 def build_broker(settings: Settings, *, embedded_allowed: bool) -> Broker | None:
@@ -131,7 +138,8 @@ def build_worker(resources: Resources, sender: Sender, breaker: CircuitBreaker) 
             base_delay_s=s.retry_base_delay_ms / 1000,
             max_delay_s=s.retry_max_delay_ms / 1000,
         ),
-        lease=resources.lease,
+        lease=sending_lease(s),
+        catch_up_window=timedelta(hours=s.catch_up_window_hours),
         rng=random.Random(),  # noqa: S311 - jitter, not security
     )
 
@@ -192,6 +200,9 @@ async def serve_http(
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=int(grace_s),
+        # The app reads X-Forwarded-For itself, trusting FORWARDED_ALLOW_IPS (api/app.py);
+        # uvicorn's own reading (of the raw, unvalidated variable) must not run as well.
+        proxy_headers=False,
     )
     server = _Server(config)
     task = asyncio.create_task(server.serve())

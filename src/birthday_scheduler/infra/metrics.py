@@ -23,6 +23,12 @@ MESSAGES_PROCESSED = Counter(
     "Messages finished or retried, by outcome (sent, retried, dead, skipped, cancelled).",
     ["outcome"],
 )
+MESSAGES_ISOLATED = Counter(
+    "messages_isolated_total",
+    "Messages that could not be planned or sent at all (unknown time zone, unknown kind, "
+    "attempts spent by crashes), dead-lettered with their reason so the rest go on; by stage.",
+    ["stage"],
+)
 MESSAGES_PLANNED = Counter("messages_planned_total", "Ledger rows created by the scheduler.")
 QUEUE_DEPTH = Gauge("queue_depth", "Messages ready in a queue.", ["queue"])
 DB_POOL_SIZE = Gauge("db_pool_size", "Connections the database pool may hold.")
@@ -44,3 +50,5 @@ DELIVERY_DURATION = Histogram(
 OUTCOMES = ("sent", "retried", "dead", "skipped", "cancelled")
 for _outcome in OUTCOMES:  # export every series from the start so rate() has a baseline
     MESSAGES_PROCESSED.labels(outcome=_outcome)
+for _stage in ("planning", "delivery"):
+    MESSAGES_ISOLATED.labels(stage=_stage)

@@ -30,7 +30,7 @@ class MessageStatus(StrEnum):
     FAILED = "failed"  # retryable failure, waiting for not_before
     DEAD = "dead"  # permanent failure or attempts spent; a copy is in the DLQ
     SKIPPED = "skipped"  # found later than the catch-up window
-    CANCELLED = "cancelled"  # user deleted or re-planned
+    CANCELLED = "cancelled"  # user deleted, or re-planned before any attempt was made
 
 
 # Rows still moving through the pipeline; the sweeper watches their leases.
@@ -104,6 +104,19 @@ class MessageLog(Base):
             sqlite_where=text("status IN ('sent', 'dead', 'skipped', 'cancelled')"),
         ),
     )
+
+
+class StartedOccasion(Base):
+    """A (user, kind, year) whose occasion had an attempt made, kept when the retention purge
+    deletes its ledger row: that year is never planned again, whatever the edits."""
+
+    __tablename__ = "started_occasions"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    year: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
 
 
 class SchedulerHeartbeat(Base):

@@ -10,8 +10,9 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
+from zoneinfo import ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -90,14 +91,17 @@ async def plan_user(
 ) -> datetime | None:
     """Plan (or re-plan) every kind for one user; returns the next instant a message fires.
 
-    A re-plan first cancels messages not yet handed to the message service, and never plans a
-    year whose message was already sent: one message per kind per year, whatever the edits.
+    A re-plan first cancels messages on which no attempt was made, and never plans a year whose
+    occasion has started (sent, or an attempt made): one message per kind per year, whatever the
+    edits. It takes the user's schedules first, so a tick that holds them (and may be writing
+    this year's row) commits before the re-plan looks at the ledger.
     """
     if replan:
+        await schedules.lock_user_schedules(session, user_id)
         await repo.cancel_unstarted(session, user_id, now)
     fires: list[datetime] = []
     for kind in KINDS.values():
-        done = await repo.delivered_years(session, user_id, kind.name) if replan else set()
+        done = await repo.started_years(session, user_id, kind.name) if replan else set()
         occurrence = _first_open_occurrence(kind, facts, policy.send_time, now, done)
         if occurrence is None:
             continue
@@ -121,8 +125,11 @@ async def forget_user(session: AsyncSession, user_id: uuid.UUID, now: datetime) 
 class TickPlan:
     rows: list[repo.NewLedgerRow]
     advances: list[schedules.ScheduleAdvance]
-    # Schedules of a kind no longer defined (or an occasion the user no longer has).
+    # Schedules to remove: an occasion the user no longer has, or one that cannot be planned.
     dropped: list[tuple[uuid.UUID, str]]
+    # Occasions that cannot be planned (a kind no longer defined, a zone missing from the
+    # host's tzdata), with the reason: written `dead`, so one bad row never stalls a tick.
+    dead: list[tuple[repo.NewLedgerRow, str]]
 
 
 def plan_due(
@@ -137,34 +144,73 @@ def plan_due(
     the broker lost. A message found later than the catch-up window is recorded as skipped,
     never dropped.
     """
-    plan = TickPlan(rows=[], advances=[], dropped=[])
+    plan = TickPlan(rows=[], advances=[], dropped=[], dead=[])
     # Loop invariants hoisted: this runs once per due message, 100,000 times in a big wave.
     on_time_since = now - policy.catch_up_window
     lease_until = now + policy.queue_lease
     send_time = policy.send_time
     for schedule in due:
-        kind = KINDS.get(schedule.kind)
-        zone = _zone(schedule.timezone, schedule.timezone_offset_minutes)
-        anchor = kind.anchor(PlanningFacts(schedule.date_of_birth, zone)) if kind else None
-        if anchor is None:
+        row_id = ledger_id(schedule.user_id, schedule.kind, schedule.occasion_date)
+        try:
+            kind = KINDS.get(schedule.kind)
+            if kind is None:
+                raise UnplannableError(f"kind {schedule.kind!r} is not registered")
+            zone = _planning_zone(schedule.timezone, schedule.timezone_offset_minutes)
+            anchor = kind.anchor(PlanningFacts(schedule.date_of_birth, zone))
+            if anchor is None:
+                plan.dropped.append((schedule.user_id, schedule.kind))
+                continue
+            following = occurrence_in_year(anchor, zone, send_time, schedule.occasion_date.year + 1)
+        except Exception as exc:  # one bad row is isolated; the rest of the batch goes on
             plan.dropped.append((schedule.user_id, schedule.kind))
+            plan.dead.append((_row(schedule, row_id, MessageStatus.DEAD, None), _reason(exc)))
             continue
         late = schedule.next_fire_at < on_time_since
         plan.rows.append(
-            repo.NewLedgerRow(
-                id=ledger_id(schedule.user_id, schedule.kind, schedule.occasion_date),
-                user_id=schedule.user_id,
-                kind=schedule.kind,
-                occasion_date=schedule.occasion_date,
-                status=MessageStatus.SKIPPED if late else MessageStatus.QUEUED,
-                scheduled_at=schedule.next_fire_at,
-                lease_until=None if late else lease_until,
+            _row(
+                schedule,
+                row_id,
+                MessageStatus.SKIPPED if late else MessageStatus.QUEUED,
+                None if late else lease_until,
             )
         )
-        following = occurrence_in_year(anchor, zone, send_time, schedule.occasion_date.year + 1)
         plan.advances.append(
             schedules.ScheduleAdvance(
                 schedule.user_id, schedule.kind, following.instant, following.local_date
             )
         )
     return plan
+
+
+class UnplannableError(Exception):
+    """An occasion whose instants cannot be computed on this host."""
+
+
+def _planning_zone(timezone: str | None, offset_minutes: int | None) -> tzinfo:
+    try:
+        return _zone(timezone, offset_minutes)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        what = f"time zone {timezone!r}" if timezone else f"UTC offset {offset_minutes} min"
+        raise UnplannableError(f"{what} is not available on this host") from exc
+
+
+def _reason(exc: Exception) -> str:
+    detail = str(exc) if isinstance(exc, UnplannableError) else type(exc).__name__
+    return f"cannot be planned: {detail}"
+
+
+def _row(
+    schedule: schedules.DueSchedule,
+    row_id: uuid.UUID,
+    status: MessageStatus,
+    lease_until: datetime | None,
+) -> repo.NewLedgerRow:
+    return repo.NewLedgerRow(
+        id=row_id,
+        user_id=schedule.user_id,
+        kind=schedule.kind,
+        occasion_date=schedule.occasion_date,
+        status=status,
+        scheduled_at=schedule.next_fire_at,
+        lease_until=lease_until,
+    )

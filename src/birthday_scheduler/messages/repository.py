@@ -29,7 +29,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql import ColumnElement
 from sqlalchemy.sql.dml import ReturningUpdate, Update
+from sqlalchemy.sql.selectable import Select
 
 from birthday_scheduler.infra.sql import rowcount, upsert
 from birthday_scheduler.messages import schedules
@@ -38,16 +40,21 @@ from birthday_scheduler.messages.models import (
     FINISHED_STATUSES,
     MessageLog,
     MessageStatus,
+    StartedOccasion,
 )
+from birthday_scheduler.messages.sweep import StaleRow, SweepPlan
 from birthday_scheduler.users.models import User
 
 S = MessageStatus
 _ledger = cast(Table, MessageLog.__table__)
 _users = cast(Table, User.__table__)
+_started_occasions = cast(Table, StartedOccasion.__table__)
 # A worker may claim these; `sending` only once its holder's lease has run out.
 _CLAIMABLE = (S.PENDING, S.QUEUED, S.FAILED)
-# Not yet handed to the message service, so a re-plan or a delete may still cancel them.
-_UNSTARTED = (S.PENDING, S.QUEUED, S.FAILED)
+# With no attempt made (attempts = 0), these have not started: a re-plan or a delete may still
+# cancel them. Once an attempt was made the service may have the message (a time-out after it
+# accepted, a worker killed mid-call), so the occasion finishes under its own key.
+_UNSTARTED = (S.PENDING, S.QUEUED)
 _MAX_IDS_PER_STATEMENT = 10_000
 
 
@@ -117,7 +124,7 @@ async def insert_ledger_rows(
             "lease_until": revived.lease_until,
             "updated_at": revived.updated_at,
         },
-        where=_ledger.c.status == S.CANCELLED.value,
+        where=and_(_ledger.c.status == S.CANCELLED.value, _ledger.c.attempts == 0),
     ).returning(_ledger.c.id, _ledger.c.status)
     # One statement with a parameter list: SQLAlchemy's "insertmanyvalues" sends it as
     # multi-row INSERTs from one cached compilation. Building `.values([...])` instead compiles
@@ -140,7 +147,9 @@ async def write_tick_plan(
     if session.get_bind().dialect.name == "postgresql":
         return await _write_tick_plan_from_arrays(session, rows, advances, now)
     written = await insert_ledger_rows(session, rows, now)
-    await schedules.advance_schedules(session, advances)
+    await schedules.advance_schedules(
+        session, advances, [(row.scheduled_at, row.occasion_date) for row in rows]
+    )
     return written
 
 
@@ -160,6 +169,7 @@ _WRITE_TICK_PLAN_FROM_ARRAYS = text(
         SET next_fire_at = v.next_fire_at, occasion_date = v.next_date
         FROM v
         WHERE s.user_id = v.user_id AND s.kind = v.kind
+          AND s.next_fire_at = v.scheduled_at AND s.occasion_date = v.occasion_date
     )
     INSERT INTO message_logs (id, user_id, kind, occasion_date, idempotency_key, status,
                               attempts, scheduled_at, not_before, lease_until, created_at,
@@ -171,7 +181,7 @@ _WRITE_TICK_PLAN_FROM_ARRAYS = text(
     SET status = excluded.status, attempts = 0, last_error = NULL,
         scheduled_at = excluded.scheduled_at, not_before = excluded.not_before,
         lease_until = excluded.lease_until, updated_at = excluded.updated_at
-    WHERE message_logs.status = 'cancelled'
+    WHERE message_logs.status = 'cancelled' AND message_logs.attempts = 0
     RETURNING message_logs.id, message_logs.status
     """
 ).bindparams(
@@ -318,45 +328,69 @@ async def release_unpublished(
     )
 
 
-def _claim_stale_statement() -> ReturningUpdate[Any]:
+def _lock_stale_statement() -> Select[Any]:
     c = _ledger.c
-    now = bindparam("now", type_=c.lease_until.type)
-    stale = (
-        select(c.id)
-        .where(c.status.in_([s.value for s in ACTIVE_STATUSES]), c.lease_until <= now)
+    return (
+        select(c.id, c.status, c.scheduled_at)
+        .where(
+            c.status.in_([s.value for s in ACTIVE_STATUSES]),
+            c.lease_until <= bindparam("now", type_=c.lease_until.type),
+        )
         .order_by(c.lease_until)
         .limit(bindparam("limit", type_=Integer()))
         .with_for_update(skip_locked=True)
-        .scalar_subquery()
-    )
-    return (
-        update(_ledger)
-        .where(c.id.in_(stale))
-        .values(
-            status=case((c.status == S.SENDING.value, S.QUEUED.value), else_=c.status),
-            lease_until=bindparam("leased_until", type_=c.lease_until.type),
-            updated_at=now,
-        )
-        .returning(c.id)
     )
 
 
-_CLAIM_STALE = _claim_stale_statement()
+_LOCK_STALE = _lock_stale_statement()
 
 
-async def claim_stale(
-    session: AsyncSession, now: datetime, limit: int, grace: timedelta
-) -> list[uuid.UUID]:
-    """Rows whose holder is presumed lost (or whose retry is due), leased for re-publishing.
+async def lock_stale(session: AsyncSession, now: datetime, limit: int) -> list[StaleRow]:
+    """Rows whose holder is presumed lost (or whose retry is due), locked for this transaction;
+    other replicas skip them. sweep.plan_sweep decides what becomes of each.
 
-    Covers committed-but-unpublished `pending` rows, `queued` rows the broker lost, `sending`
-    rows of a killed worker (handed back as `queued`; the attempt stays counted) and `failed`
-    rows whose retry time has come.
+    Covers committed-but-unpublished `pending` rows, `queued` rows the broker may have lost,
+    `sending` rows of a killed worker and `failed` rows whose retry time has come.
     """
-    result = await session.execute(
-        _CLAIM_STALE, {"now": now, "limit": limit, "leased_until": now + grace}
+    result = await session.execute(_LOCK_STALE, {"now": now, "limit": limit})
+    return list(map(StaleRow._make, result.all()))
+
+
+async def apply_sweep(
+    session: AsyncSession,
+    plan: SweepPlan,
+    now: datetime,
+    *,
+    publish_grace: timedelta,
+    queue_lease: timedelta,
+    late_reason: str,
+) -> None:
+    """Write the sweep's decisions. Rows to publish again carry only the publish grace until a
+    confirmed publish gives them the queue's lease (mark_queued); a `sending` row is handed
+    back as `queued`, its attempt still counted."""
+    c = _ledger.c
+    await _update_ids(
+        session,
+        plan.republish,
+        status=case((c.status == S.SENDING.value, S.QUEUED.value), else_=c.status),
+        lease_until=now + publish_grace,
+        updated_at=now,
     )
-    return list(result.scalars())
+    await _update_ids(session, plan.keep_waiting, lease_until=now + queue_lease, updated_at=now)
+    await _update_ids(
+        session,
+        plan.late,
+        status=S.SKIPPED.value,
+        lease_until=None,
+        last_error=late_reason,
+        updated_at=now,
+    )
+
+
+async def _update_ids(session: AsyncSession, ids: Sequence[uuid.UUID], **values: Any) -> None:
+    for start in range(0, len(ids), _MAX_IDS_PER_STATEMENT):
+        chunk = ids[start : start + _MAX_IDS_PER_STATEMENT]
+        await session.execute(update(_ledger).where(_ledger.c.id.in_(chunk)).values(**values))
 
 
 def _claim_for_sending_statement() -> ReturningUpdate[Any]:
@@ -367,6 +401,7 @@ def _claim_for_sending_statement() -> ReturningUpdate[Any]:
         .where(
             c.id == bindparam("message_id", type_=c.id.type),
             c.not_before <= now,
+            c.scheduled_at >= bindparam("on_time_since", type_=c.scheduled_at.type),
             or_(
                 c.status.in_([s.value for s in _CLAIMABLE]),
                 and_(c.status == S.SENDING.value, c.lease_until <= now),
@@ -389,11 +424,25 @@ _RECIPIENT = select(
 
 
 async def claim_for_sending(
-    session: AsyncSession, message_id: uuid.UUID, now: datetime, lease: timedelta
+    session: AsyncSession,
+    message_id: uuid.UUID,
+    now: datetime,
+    lease: timedelta,
+    on_time_since: datetime,
 ) -> ClaimedMessage | None:
-    """The only way into `sending`: a conditional update, so two workers never both win."""
+    """The only way into `sending`: a conditional update, so two workers never both win.
+
+    Only a row scheduled at or after `on_time_since` (now minus the catch-up window) is taken:
+    the window holds at the moment of sending too (see skip_if_late).
+    """
     result = await session.execute(
-        _CLAIM_FOR_SENDING, {"message_id": message_id, "now": now, "leased_until": now + lease}
+        _CLAIM_FOR_SENDING,
+        {
+            "message_id": message_id,
+            "now": now,
+            "leased_until": now + lease,
+            "on_time_since": on_time_since,
+        },
     )
     claimed = result.one_or_none()
     if claimed is None:
@@ -441,30 +490,100 @@ async def record_outcome(
     return bool(rowcount(result))
 
 
+async def skip_if_late(
+    session: AsyncSession,
+    message_id: uuid.UUID,
+    now: datetime,
+    on_time_since: datetime,
+    reason: str,
+) -> bool:
+    """Record `skipped` a row that is still waiting to be sent but whose instant is older than
+    the catch-up window (held back by an outage, an open breaker, a DLQ replay)."""
+    c = _ledger.c
+    result = await session.execute(
+        update(_ledger)
+        .where(
+            c.id == message_id,
+            c.scheduled_at < on_time_since,
+            or_(
+                c.status.in_([s.value for s in _CLAIMABLE]),
+                and_(c.status == S.SENDING.value, c.lease_until <= now),
+            ),
+        )
+        .values(status=S.SKIPPED.value, lease_until=None, last_error=reason, updated_at=now)
+    )
+    return bool(rowcount(result))
+
+
 async def status_of(session: AsyncSession, message_id: uuid.UUID) -> MessageStatus | None:
     value = await session.scalar(select(_ledger.c.status).where(_ledger.c.id == message_id))
     return None if value is None else MessageStatus(value)
 
 
+async def insert_dead_rows(
+    session: AsyncSession, rows: Sequence[tuple[NewLedgerRow, str]], now: datetime
+) -> list[uuid.UUID]:
+    """Occasions that could not be planned, recorded `dead` with their reason (the scheduler
+    then puts a copy in the DLQ). Returns the ids written; an existing row is left alone."""
+    if not rows:
+        return []
+    stmt = (
+        upsert(session, _ledger)
+        .on_conflict_do_nothing(index_elements=["user_id", "kind", "occasion_date"])
+        .returning(_ledger.c.id)
+    )
+    written: list[uuid.UUID] = []
+    for row, reason in rows:  # rare: one statement each keeps RETURNING simple on both backends
+        values = {
+            "id": row.id,
+            "user_id": row.user_id,
+            "kind": row.kind,
+            "occasion_date": row.occasion_date,
+            "idempotency_key": str(row.id),
+            "status": S.DEAD.value,
+            "attempts": 0,
+            "last_error": reason[:500],
+            "scheduled_at": row.scheduled_at,
+            "not_before": row.scheduled_at,
+            "lease_until": None,
+            "created_at": now,
+            "updated_at": now,
+        }
+        written += (await session.execute(stmt.values(values))).scalars().all()
+    return written
+
+
 async def cancel_unstarted(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> int:
+    c = _ledger.c
     result = await session.execute(
         update(_ledger)
-        .where(_ledger.c.user_id == user_id, _ledger.c.status.in_([s.value for s in _UNSTARTED]))
+        .where(
+            c.user_id == user_id,
+            c.status.in_([s.value for s in _UNSTARTED]),
+            c.attempts == 0,
+        )
         .values(status=S.CANCELLED.value, lease_until=None, updated_at=now)
     )
     return rowcount(result)
 
 
-async def delivered_years(session: AsyncSession, user_id: uuid.UUID, kind: str) -> set[int]:
-    """Years whose occasion was sent, or is being sent right now: never planned again."""
+def _started() -> ColumnElement[bool]:
+    """An occasion that went out or had an attempt made: its year is taken."""
+    return or_(_ledger.c.status == S.SENT.value, _ledger.c.attempts > 0)
+
+
+async def started_years(session: AsyncSession, user_id: uuid.UUID, kind: str) -> set[int]:
+    """Years whose occasion has started (see _UNSTARTED): never planned again, including
+    those whose ledger rows the retention purge has deleted since."""
+    c, kept = _ledger.c, _started_occasions.c
     rows = await session.execute(
-        select(_ledger.c.occasion_date).where(
-            _ledger.c.user_id == user_id,
-            _ledger.c.kind == kind,
-            _ledger.c.status.in_([S.SENT.value, S.SENDING.value]),
-        )
+        select(c.occasion_date).where(c.user_id == user_id, c.kind == kind, _started())
     )
-    return {occasion.year for occasion in rows.scalars()}
+    years = {occasion.year for occasion in rows.scalars()}
+    purged = await session.execute(
+        select(kept.year).where(kept.user_id == user_id, kept.kind == kind)
+    )
+    return years | set(purged.scalars())
 
 
 async def history(session: AsyncSession, user_id: uuid.UUID, limit: int) -> list[MessageLog]:
@@ -497,13 +616,30 @@ async def reset_for_replay(
 
 
 async def purge_finished(session: AsyncSession, older_than: datetime, limit: int) -> int:
-    """Delete finished rows last touched before `older_than`, at most `limit` per call."""
+    """Delete finished rows last touched before `older_than`, at most `limit` per call.
+
+    A started occasion leaves its (user, kind, year) in started_occasions first: the purged
+    row was the only record that the year's message went out.
+    """
     c = _ledger.c
     victims = (
-        select(c.id)
-        .where(c.status.in_([s.value for s in FINISHED_STATUSES]), c.updated_at < older_than)
-        .limit(limit)
-        .scalar_subquery()
-    )
-    result = await session.execute(delete(_ledger).where(c.id.in_(victims)))
-    return rowcount(result)
+        await session.execute(
+            select(c.id, c.user_id, c.kind, c.occasion_date, _started())
+            .where(c.status.in_([s.value for s in FINISHED_STATUSES]), c.updated_at < older_than)
+            .limit(limit)
+        )
+    ).all()
+    if not victims:
+        return 0
+    kept = {(user_id, kind, day.year) for _, user_id, kind, day, started in victims if started}
+    if kept:
+        stmt = upsert(session, _started_occasions).on_conflict_do_nothing()
+        await session.execute(
+            stmt, [{"user_id": u, "kind": k, "year": y} for u, k, y in sorted(kept)]
+        )
+    ids = [row[0] for row in victims]
+    for start in range(0, len(ids), _MAX_IDS_PER_STATEMENT):
+        await session.execute(
+            delete(_ledger).where(c.id.in_(ids[start : start + _MAX_IDS_PER_STATEMENT]))
+        )
+    return len(ids)

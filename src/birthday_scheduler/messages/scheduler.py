@@ -17,10 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from birthday_scheduler.clock import Clock
 from birthday_scheduler.errors import BrokerError
-from birthday_scheduler.infra.broker.base import Broker
+from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.infra.logging import get_logger
 from birthday_scheduler.infra.metrics import (
+    MESSAGES_ISOLATED,
     MESSAGES_PLANNED,
     MESSAGES_PROCESSED,
     SCHEDULER_LAST_TICK,
@@ -30,6 +31,7 @@ from birthday_scheduler.messages import heartbeat, schedules
 from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.planning import PlanningPolicy, plan_due
+from birthday_scheduler.messages.sweep import StaleRow, late_reason, plan_sweep
 
 log = get_logger(__name__)
 
@@ -104,28 +106,74 @@ class Scheduler:
         return batches
 
     async def _batch(self, now: datetime) -> _Batch:
+        policy = self.policy
+        dead: list[tuple[uuid.UUID, str]] = []
         async with unit_of_work(self.sessions) as session:
             due = await schedules.claim_due_schedules(session, now, self.batch_size)
             written: list[tuple[uuid.UUID, MessageStatus]] = []
             if due:
-                plan = plan_due(due, self.policy, now)
+                plan = plan_due(due, policy, now)
                 written = await repo.write_tick_plan(session, plan.rows, plan.advances, now)
                 await schedules.drop_schedules(session, plan.dropped)
-            stale = await repo.claim_stale(session, now, self.batch_size, self.policy.publish_grace)
+                reasons = {row.id: reason for row, reason in plan.dead}
+                dead = [
+                    (row_id, reasons[row_id])
+                    for row_id in await repo.insert_dead_rows(session, plan.dead, now)
+                ]
+            stale = await repo.lock_stale(session, now, self.batch_size)
+            sweep = plan_sweep(
+                stale,
+                now,
+                policy.catch_up_window,
+                queue_has_backlog=await self._queue_has_backlog(stale),
+            )
+            await repo.apply_sweep(
+                session,
+                sweep,
+                now,
+                publish_grace=policy.publish_grace,
+                queue_lease=policy.queue_lease,
+                late_reason=late_reason(policy.catch_up_window),
+            )
         planned = [row_id for row_id, status in written if status == MessageStatus.QUEUED]
         skipped = sum(1 for _, status in written if status == MessageStatus.SKIPPED)
+        skipped += len(sweep.late)
         MESSAGES_PLANNED.inc(len(planned))
         if skipped:
             MESSAGES_PROCESSED.labels(outcome="skipped").inc(skipped)
             log.warning("scheduler.messages_skipped", count=skipped, reason="past catch-up window")
         # After the commit: nothing is published before its row exists.
-        await self._publish(planned, stale, now)
+        await self._dead_letter(dead, now)
+        await self._publish(planned, sweep.republish, now)
         return _Batch(
             planned=len(planned),
             skipped=skipped,
-            republished=len(stale),
+            republished=len(sweep.republish),
             full=len(due) >= self.batch_size or len(stale) >= self.batch_size,
         )
+
+    async def _queue_has_backlog(self, stale: list[StaleRow]) -> bool:
+        """Whether the main queue still holds messages; asked only when a `queued` row's lease
+        ran out. Unknown (broker unreachable) counts as a backlog: publishing would fail too."""
+        if not any(row.status == MessageStatus.QUEUED for row in stale):
+            return False
+        try:
+            return await self.broker.queue_depth(MAIN_QUEUE) > 0
+        except BrokerError:
+            return True
+
+    async def _dead_letter(self, dead: list[tuple[uuid.UUID, str]], now: datetime) -> None:
+        """A copy in the DLQ for each occasion that could not be planned, after its commit."""
+        for row_id, reason in dead:
+            MESSAGES_PROCESSED.labels(outcome="dead").inc()
+            MESSAGES_ISOLATED.labels(stage="planning").inc()
+            log.error("scheduler.message_unplannable", message_id=str(row_id), reason=reason)
+            try:
+                await self.broker.publish_dead(row_id, reason, now)
+            except BrokerError as exc:
+                # The row stays `dead` with its reason; `dlq replay --id` still finds nothing
+                # to replay, so say so where operators look.
+                log.error("scheduler.dead_letter_failed", message_id=str(row_id), error=str(exc))
 
     async def _beat(self, now: datetime) -> None:
         """Record the heartbeat every HEARTBEAT_EVERY, not every tick: it is a durable write."""

@@ -61,6 +61,14 @@ async def upsert_schedule(session: AsyncSession, advance: ScheduleAdvance) -> No
     await session.execute(stmt)
 
 
+async def lock_user_schedules(session: AsyncSession, user_id: uuid.UUID) -> None:
+    """Wait for (and hold) the user's schedules, which a tick locks while it plans them.
+    SQLite has one writer at a time, so there the transaction itself serialises."""
+    await session.execute(
+        select(_schedules.c.kind).where(_schedules.c.user_id == user_id).with_for_update()
+    )
+
+
 async def delete_schedules(session: AsyncSession, user_id: uuid.UUID) -> None:
     await session.execute(delete(_schedules).where(_schedules.c.user_id == user_id))
 
@@ -119,8 +127,14 @@ async def claim_due_schedules(
     return list(map(DueSchedule._make, rows.all()))
 
 
-async def advance_schedules(session: AsyncSession, advances: Sequence[ScheduleAdvance]) -> None:
-    """Move each schedule on to its next occurrence. On PostgreSQL a tick does this inside
+async def advance_schedules(
+    session: AsyncSession,
+    advances: Sequence[ScheduleAdvance],
+    claimed: Sequence[tuple[datetime, date]],
+) -> None:
+    """Move each schedule on to its next occurrence, only if it still holds what the tick
+    claimed ((next_fire_at, occasion_date), in the same order): an edit that re-planned it in
+    between is never overwritten. On PostgreSQL a tick does this inside
     repository.write_tick_plan, in the statement that writes the ledger rows."""
     if not advances:
         return
@@ -129,6 +143,8 @@ async def advance_schedules(session: AsyncSession, advances: Sequence[ScheduleAd
         update(_schedules)
         .where(c.user_id == bindparam("b_user", type_=c.user_id.type))
         .where(c.kind == bindparam("b_kind", type_=c.kind.type))
+        .where(c.next_fire_at == bindparam("b_was_fire", type_=c.next_fire_at.type))
+        .where(c.occasion_date == bindparam("b_was_date", type_=c.occasion_date.type))
         .values(
             next_fire_at=bindparam("b_fire", type_=c.next_fire_at.type),
             occasion_date=bindparam("b_date", type_=c.occasion_date.type),
@@ -139,7 +155,9 @@ async def advance_schedules(session: AsyncSession, advances: Sequence[ScheduleAd
                 "b_kind": a.kind,
                 "b_fire": a.next_fire_at,
                 "b_date": a.occasion_date,
+                "b_was_fire": was_fire,
+                "b_was_date": was_date,
             }
-            for a in advances
+            for a, (was_fire, was_date) in zip(advances, claimed, strict=True)
         ],
     )

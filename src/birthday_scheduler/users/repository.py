@@ -37,7 +37,10 @@ async def insert_user(session: AsyncSession, values: dict[str, Any]) -> None:
 async def get_live(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User | None:
     stmt = select(User).where(User.id == user_id, User.deleted_at.is_(None))
     if lock:
-        stmt = stmt.with_for_update()
+        # FOR NO KEY UPDATE: a tick inserting this user's ledger rows takes FOR KEY SHARE (the
+        # foreign key) while it holds the schedules a re-plan waits for; FOR UPDATE would
+        # deadlock with it.
+        stmt = stmt.with_for_update(key_share=True)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
