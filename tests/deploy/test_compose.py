@@ -41,6 +41,7 @@ APP_VARIABLES = {
     "API_TOKENS",
     "HOST",
     "PORT",
+    "FORWARDED_ALLOW_IPS",
     "METRICS_PORT",
     "LOG_LEVEL",
     "LOG_FORMAT",

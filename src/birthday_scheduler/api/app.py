@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from fastapi.openapi.utils import get_openapi
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from birthday_scheduler import __version__
 from birthday_scheduler.api import health
@@ -35,13 +36,20 @@ def create_app(context: ApiContext) -> FastAPI:
     install_problem_handlers(app)
     tokens = tuple(token.get_secret_value() for token in context.settings.api_tokens)
     guards = [
-        Depends(TokenAuth(tokens)),
+        # The limit comes first, so failed authentications count too: guessing tokens ends in 429.
         Depends(RateLimiter(context.settings.rate_limit_per_minute)),
+        Depends(TokenAuth(tokens)),
     ]
     app.include_router(users_router(guards))
     app.include_router(health.build_router())
     app.add_middleware(BodyGuardMiddleware, max_body_bytes=context.settings.max_body_bytes)
     app.add_middleware(ObservabilityMiddleware)
+    # Outermost: everything inside (logs, the rate limit) sees the client, not the proxy. The
+    # app does this itself (uvicorn's copy is off) so one validated setting decides, under any
+    # server and in-process tests alike.
+    app.add_middleware(
+        ProxyHeadersMiddleware, trusted_hosts=list(context.settings.forwarded_allow_ips)
+    )
     app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
     return app
 

@@ -58,12 +58,15 @@ class ObservabilityMiddleware:
                 HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
                 HTTP_DURATION.labels(method=method, route=route).observe(elapsed)
                 if route not in _QUIET_ROUTES or status >= 500:
+                    client = scope.get("client")
                     log.info(
                         "http.request",
                         method=method,
                         route=route,
                         status=status,
                         duration_ms=round(elapsed * 1000, 2),
+                        # The proxy headers middleware has put the client here, not the proxy.
+                        client=client[0] if client else None,
                     )
 
 
