@@ -138,9 +138,11 @@ def dlq_replay(
     ids: Annotated[
         list[uuid.UUID] | None, typer.Option("--id", help="Message id (repeatable).")
     ] = None,
-    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    replay_all: Annotated[
+        bool, typer.Option("--all", help="Replay every dead letter (a report line per page).")
+    ] = False,
 ) -> None:
-    """Reset dead messages and send them again, exactly once."""
+    """Reset dead messages and send them again, exactly once; finds an id at any depth."""
     from birthday_scheduler.entrypoints import admin
 
     if bool(ids) == replay_all:

@@ -14,14 +14,23 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from birthday_scheduler.errors import BrokerError
-from birthday_scheduler.infra.broker.base import DEAD_LETTER_QUEUE, MAIN_QUEUE, DeadLetter
+from birthday_scheduler.infra.broker.base import (
+    DEAD_LETTER_QUEUE,
+    MAIN_QUEUE,
+    DeadLetter,
+    DeadLetterScan,
+)
 from birthday_scheduler.infra.broker.policy import DELIVERY_LIMIT_REASON
 from birthday_scheduler.infra.broker.rabbitmq import (
     CONSUMER_CONNECTION,
     PUBLISHER_CONNECTION,
     RabbitBroker,
 )
-from broker_contract import check_stop_consuming_waits_for_handlers_in_flight
+from broker_contract import (
+    check_a_scan_holds_one_page_and_finds_a_letter_at_any_depth,
+    check_leaving_a_scan_hands_its_page_back_in_place,
+    check_stop_consuming_waits_for_handlers_in_flight,
+)
 from rabbit_vhost import (
     close_all_connections,
     connection_names,
@@ -219,7 +228,7 @@ async def test_a_malformed_body_is_rejected_into_the_dead_letter_queue(
     assert deaths[0]["reason"] == "rejected"
 
 
-async def test_dead_letters_are_peeked_taken_and_purged(broker: RabbitBroker) -> None:
+async def test_dead_letters_are_peeked_and_purged(broker: RabbitBroker) -> None:
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     for message_id in (a, b, c):
         await broker.publish_dead(message_id, "permanent failure: HTTP 400", T0)
@@ -235,25 +244,57 @@ async def test_dead_letters_are_peeked_taken_and_purged(broker: RabbitBroker) ->
     assert [dead.message_id for dead in everything[:3]] == [a, b, c]  # order kept
     assert len(everything[3].reason) == 500
 
-    taken = await broker.take_dead_letters([b])
-    assert [dead.message_id for dead in taken] == [b]
-    assert [dead.message_id for dead in await broker.dead_letters(10)][:2] == [a, c]
+    assert await broker.purge_dead_letters() == 4
+    assert await broker.queue_depth(DEAD_LETTER_QUEUE) == 0
+
+
+async def test_a_dead_letter_scan_holds_one_page_and_finds_a_letter_at_any_depth(
+    broker: RabbitBroker,
+) -> None:
+    await check_a_scan_holds_one_page_and_finds_a_letter_at_any_depth(broker)
+
+
+async def test_leaving_a_dead_letter_scan_hands_its_page_back_in_place(
+    broker: RabbitBroker,
+) -> None:
+    await check_leaving_a_scan_hands_its_page_back_in_place(broker)
+
+
+async def test_a_scan_keeps_what_it_cannot_read_and_what_the_broker_dead_lettered(
+    broker: RabbitBroker, raw_channel: AbstractChannel, names: tuple[str, str]
+) -> None:
+    # A body with no id (only `dlq purge` may drop it), then one the broker dead-lettered
+    # itself (its reason and time are in RabbitMQ's x-death table), then one of ours.
+    await raw_channel.default_exchange.publish(
+        aio_pika.Message(b"not json", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        routing_key=names[1],
+    )
+    by_broker, ours = uuid.uuid4(), uuid.uuid4()
+    await raw_channel.default_exchange.publish(
+        aio_pika.Message(
+            json.dumps({"id": str(by_broker)}).encode(),
+            headers={"x-death": [{"reason": "delivery_limit", "time": T0}]},
+        ),
+        routing_key=names[1],
+    )
+    await broker.publish_dead(ours, "attempts spent", T0)
+    before = await broker.dead_letters(10)
+
+    async with broker.scan_dead_letters(1) as scan:
+        pages = [page async for page in _pages(scan)]
+    assert pages == [[], [before[0]], [before[1]]]
+
+    # A full pass moved each to the tail and back into its old order, readable as before.
+    assert await broker.dead_letters(10) == before
     assert await broker.queue_depth(DEAD_LETTER_QUEUE) == 3
-
-    assert {dead.message_id for dead in await broker.take_dead_letters([a, c])} == {a, c}
-    await broker.publish_dead(a, "again", T0)
-    assert await broker.purge_dead_letters() == 2
-    assert await broker.queue_depth(DEAD_LETTER_QUEUE) == 0
-    assert await broker.take_dead_letters(None) == []
+    dlq = await raw_channel.declare_queue(names[1], passive=True)
+    unreadable = await dlq.get(no_ack=True, timeout=5)
+    assert unreadable.body == b"not json"
 
 
-async def test_take_all_dead_letters(broker: RabbitBroker) -> None:
-    ids = [uuid.uuid4() for _ in range(5)]
-    for message_id in ids:
-        await broker.publish_dead(message_id, "attempts spent", T0)
-    taken = await broker.take_dead_letters(None)
-    assert [dead.message_id for dead in taken] == ids
-    assert await broker.queue_depth(DEAD_LETTER_QUEUE) == 0
+async def _pages(scan: DeadLetterScan) -> AsyncIterator[list[DeadLetter]]:
+    while (page := await scan.next_page()) is not None:
+        yield page
 
 
 async def test_queue_depth_and_ping(broker: RabbitBroker, names: tuple[str, str]) -> None:

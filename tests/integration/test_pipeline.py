@@ -71,7 +71,7 @@ async def replay(
         pipeline.sessions,
         broker or pipeline.broker,
         [message_id],
-        SystemClock().now(),
+        SystemClock(),
         pipeline.resources.lease,
     )
 

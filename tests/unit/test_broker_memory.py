@@ -19,7 +19,11 @@ from birthday_scheduler.infra.broker.base import (
 )
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.broker.policy import DELIVERY_LIMIT_REASON
-from broker_contract import check_stop_consuming_waits_for_handlers_in_flight
+from broker_contract import (
+    check_a_scan_holds_one_page_and_finds_a_letter_at_any_depth,
+    check_leaving_a_scan_hands_its_page_back_in_place,
+    check_stop_consuming_waits_for_handlers_in_flight,
+)
 from support import eventually, holds
 
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -172,7 +176,7 @@ async def test_stop_consuming_cuts_a_requeue_pause_short() -> None:
     assert await broker.queue_depth(MAIN_QUEUE) == 1
 
 
-async def test_dead_letters_can_be_listed_taken_and_purged() -> None:
+async def test_dead_letters_can_be_listed_and_purged() -> None:
     broker = make_broker()
     await broker.start()
     a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
@@ -185,17 +189,24 @@ async def test_dead_letters_can_be_listed_taken_and_purged() -> None:
     assert listed[0].reason == "permanent failure: 400"
     assert listed[0].dead_at == T0
     assert await broker.queue_depth(DEAD_LETTER_QUEUE) == 4  # peeking removes nothing
-
-    taken = await broker.take_dead_letters([b, uuid.uuid4()])
-    assert [dead.message_id for dead in taken] == [b]
     remaining = await broker.dead_letters(10)
-    assert [dead.message_id for dead in remaining][:2] == [a, c]
-    assert len(remaining[2].reason) == 500
+    assert [dead.message_id for dead in remaining][:3] == [a, b, c]
+    assert len(remaining[3].reason) == 500
 
-    assert len(await broker.take_dead_letters(None)) == 3
-    await broker.publish_dead(a, "again", T0)
-    assert await broker.purge_dead_letters() == 1
+    assert await broker.purge_dead_letters() == 4
     assert await broker.queue_depth(DEAD_LETTER_QUEUE) == 0
+
+
+async def test_a_dead_letter_scan_holds_one_page_and_finds_a_letter_at_any_depth() -> None:
+    broker = make_broker()
+    await broker.start()
+    await check_a_scan_holds_one_page_and_finds_a_letter_at_any_depth(broker)
+
+
+async def test_leaving_a_dead_letter_scan_hands_its_page_back_in_place() -> None:
+    broker = make_broker()
+    await broker.start()
+    await check_leaving_a_scan_hands_its_page_back_in_place(broker)
 
 
 async def test_a_closed_broker_refuses_work() -> None:

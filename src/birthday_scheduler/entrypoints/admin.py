@@ -80,14 +80,26 @@ async def dlq_list(settings: Settings, limit: int) -> None:
 
 
 async def dlq_replay(settings: Settings, ids: Sequence[uuid.UUID] | None) -> None:
+    """`dlq replay --id …` prints one report; `--all` prints one per page of the DLQ (at least
+    one), so neither holds more than a page of dead letters whatever the depth."""
     async with runtime.open_resources(settings, broker=_broker(settings)) as resources:
-        report = await dlq.replay(
-            resources.sessions,
-            resources.require_broker(),
-            ids,
-            resources.clock.now(),
-            resources.lease,
-        )
+        sessions, broker = resources.sessions, resources.require_broker()
+        if ids is not None:
+            _print_report(await dlq.replay(sessions, broker, ids, resources.clock, resources.lease))
+            return
+        printed = 0
+
+        def on_page(report: dlq.ReplayReport) -> None:
+            nonlocal printed
+            printed += 1
+            _print_report(report)
+
+        await dlq.replay_all(sessions, broker, resources.clock, resources.lease, on_page)
+        if not printed:
+            _print_report(dlq.ReplayReport(replayed=[], not_dead=[], missing=[]))
+
+
+def _print_report(report: dlq.ReplayReport) -> None:
     _print(
         {
             "replayed": [str(i) for i in report.replayed],

@@ -6,7 +6,8 @@ message body never holds personal data and anything the broker loses the ledger 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -25,6 +26,32 @@ class DeadLetter:
     message_id: UUID
     reason: str
     dead_at: datetime
+
+
+class DeadLetterScan(Protocol):
+    """One pass over the dead letters the queue held when the pass began, a page at a time.
+
+    A page's letters stay held (unacknowledged, so a crash hands them back) until the next
+    page is read; at most one page is held at once, whatever the depth of the queue.
+    """
+
+    @property
+    def read(self) -> int:
+        """Messages read so far in this pass (unreadable ones included)."""
+
+    @property
+    def peak_held(self) -> int:
+        """The most messages this pass has held at once (never above the page size)."""
+
+    async def next_page(self) -> list[DeadLetter] | None:
+        """Move the previous page's letters that were not removed behind the unread ones, then
+        read the next page; None once every letter present at the start has been read.
+
+        A page lists its readable letters only: one without an id is always kept.
+        """
+
+    async def remove(self, message_ids: Collection[UUID]) -> None:
+        """Remove the current page's letters (every copy) whose id is in `message_ids`."""
 
 
 class Broker(Protocol):
@@ -61,8 +88,12 @@ class Broker(Protocol):
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         """Look at up to `limit` dead letters without removing them."""
 
-    async def take_dead_letters(self, message_ids: Sequence[UUID] | None) -> list[DeadLetter]:
-        """Remove and return the named dead letters (all of them when None)."""
+    def scan_dead_letters(self, page_size: int) -> AbstractAsyncContextManager[DeadLetterScan]:
+        """A pass over the dead letters, `page_size` held at a time (one reader at a time).
+
+        On leaving the context, a page still held goes back where it was, in order; on a
+        crash the broker returns it as it returns any unacknowledged message.
+        """
 
     async def purge_dead_letters(self) -> int:
         """Drop every dead letter; returns how many were dropped."""

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -23,6 +25,7 @@ from birthday_scheduler.infra.broker.base import (
     DEAD_LETTER_QUEUE,
     MAIN_QUEUE,
     DeadLetter,
+    DeadLetterScan,
     MessageHandler,
 )
 from birthday_scheduler.infra.broker.policy import (
@@ -58,7 +61,8 @@ class MemoryBroker:
         self._requeue_base_delay = requeue_base_delay
         self._clock: Clock = clock or SystemClock()
         self._ready: asyncio.Queue[_Envelope] = asyncio.Queue()
-        self._dead: list[DeadLetter] = []
+        self._dead: deque[DeadLetter] = deque()
+        self._dead_lock = asyncio.Lock()
         self._dispatcher: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -118,20 +122,22 @@ class MemoryBroker:
         raise BrokerError(f"unknown queue {queue!r}")
 
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
-        return self._dead[: max(limit, 0)]
+        return list(itertools.islice(self._dead, max(limit, 0)))
 
-    async def take_dead_letters(self, message_ids: Sequence[UUID] | None) -> list[DeadLetter]:
-        if message_ids is None:
-            taken, self._dead = self._dead, []
-            return taken
-        wanted = set(message_ids)
-        taken = [dead for dead in self._dead if dead.message_id in wanted]
-        self._dead = [dead for dead in self._dead if dead.message_id not in wanted]
-        return taken
+    @contextlib.asynccontextmanager
+    async def scan_dead_letters(self, page_size: int) -> AsyncIterator[DeadLetterScan]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
+        async with self._dead_lock:
+            scan = _MemoryScan(self._dead, page_size)
+            try:
+                yield scan
+            finally:
+                scan.hand_back()
 
     async def purge_dead_letters(self) -> int:
         count = len(self._dead)
-        self._dead = []
+        self._dead.clear()
         return count
 
     def _ensure_open(self) -> None:
@@ -188,3 +194,35 @@ class MemoryBroker:
         finally:
             # Also on cancellation: the message goes back rather than vanishing.
             self._ready.put_nowait(_Envelope(envelope.message_id, failed))
+
+
+class _MemoryScan:
+    """A `DeadLetterScan` over the in-process dead letters, with the RabbitMQ pass's semantics:
+    kept letters move to the tail, letters added during the pass are not read, and leaving
+    the pass puts a held page back at the head, in order."""
+
+    def __init__(self, dead: deque[DeadLetter], page_size: int) -> None:
+        self._dead = dead
+        self._remaining = len(dead)
+        self._page_size = page_size
+        self._held: list[DeadLetter] = []
+        self.read = 0
+        self.peak_held = 0
+
+    async def next_page(self) -> list[DeadLetter] | None:
+        self._dead.extend(self._held)
+        self._held = []
+        while len(self._held) < self._page_size and self._remaining > 0 and self._dead:
+            self._held.append(self._dead.popleft())
+            self._remaining -= 1
+            self.read += 1
+        self.peak_held = max(self.peak_held, len(self._held))
+        return list(self._held) if self._held else None
+
+    async def remove(self, message_ids: Collection[UUID]) -> None:
+        wanted = set(message_ids)
+        self._held = [dead for dead in self._held if dead.message_id not in wanted]
+
+    def hand_back(self) -> None:
+        self._dead.extendleft(reversed(self._held))
+        self._held = []

@@ -1,4 +1,4 @@
-"""The RabbitMQ adapter: confirmed publishes, a supervised consumer and a peekable DLQ.
+"""The RabbitMQ adapter: confirmed publishes, a supervised consumer and a DLQ read in pages.
 
 Topology (declared idempotently by start()):
 
@@ -18,10 +18,10 @@ called. RabbitMQ blocks a connection that publishes while a memory or disk alarm
 consumer on that same connection could then not ack, the queue could not drain, and the alarm
 could not clear.
 
-Channels: one for the topology, one with publisher confirms, one for DLQ reads (basic.get
-holds unacked messages there), one per consumer subscription (on the consumer's connection),
-and a short-lived one per passive declare (ping, queue_depth), because a failed one closes its
-channel.
+Channels: one for the topology, one with publisher confirms (which also moves the dead letters
+a DLQ scan keeps to the tail), one for DLQ reads (basic.get holds unacked messages there), one
+per consumer subscription (on the consumer's connection), and a short-lived one per passive
+declare (ping, queue_depth), because a failed one closes its channel.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, TypeVar, cast
 from uuid import UUID
@@ -50,6 +51,7 @@ from birthday_scheduler.infra.broker.base import (
     DEAD_LETTER_QUEUE,
     MAIN_QUEUE,
     DeadLetter,
+    DeadLetterScan,
     MessageHandler,
 )
 from birthday_scheduler.infra.broker.policy import (
@@ -140,7 +142,11 @@ class RabbitBroker:
                     self._dlq_name, passive=True, robust=False
                 )
                 self._dead = RabbitDeadLetters(
-                    dlq, clock=self._clock, timeout=self._timeout, secret=self._password
+                    dlq,
+                    self._publish_channel,
+                    clock=self._clock,
+                    timeout=self._timeout,
+                    secret=self._password,
                 )
         except BrokerError:
             await self.close()
@@ -422,8 +428,8 @@ class RabbitBroker:
     async def dead_letters(self, limit: int) -> list[DeadLetter]:
         return await self._require(self._dead).peek(limit)
 
-    async def take_dead_letters(self, message_ids: Sequence[UUID] | None) -> list[DeadLetter]:
-        return await self._require(self._dead).take(message_ids)
+    def scan_dead_letters(self, page_size: int) -> AbstractAsyncContextManager[DeadLetterScan]:
+        return self._require(self._dead).scan(page_size)
 
     async def purge_dead_letters(self) -> int:
         return await self._require(self._dead).purge()

@@ -1,31 +1,57 @@
-"""Reading the RabbitMQ dead-letter queue without a consumer: peek, take, purge.
+"""Reading the RabbitMQ dead-letter queue without a consumer: peek, scan in pages, purge.
 
 AMQP has no "peek": a peek takes messages with basic.get (unacked) and hands them all back
 at the end with one nack(requeue=True). The DLQ is a classic queue, which puts requeued
-messages back at their original positions, so a peek leaves the order as it found it. While
-a peek runs the messages it holds are invisible to other readers; a lock keeps this
-process's own readers from overlapping, and `dlq` commands are run by one operator at a time.
+messages back at their original positions, so a peek leaves the order as it found it.
+
+A scan reads every letter once while holding at most one page. A letter it keeps cannot be
+requeued in place (the next basic.get would return it again), so it is published again at the
+tail of the queue, confirmed, and only then acked: a crash between the two leaves a second
+copy, never none. The pass stops after the number of messages the queue held when it began
+(the first basic.get says how many are behind it), so it never reads its own moved copies, nor
+letters dead-lettered while it runs (a replayed message that fails again). A full pass is a
+rotation: the letters keep their relative order.
+
+While a peek or a scan runs, the messages it holds are invisible to other readers; a lock keeps
+this process's own readers from overlapping, and `dlq` commands are run by one operator at a
+time (a second concurrent reader would make a pass read past its start into moved copies).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Collection
+from typing import Any, cast
 from uuid import UUID
 
+import aiormq
 import structlog
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from birthday_scheduler.clock import Clock
+from birthday_scheduler.errors import BrokerError
 from birthday_scheduler.infra.broker.base import DeadLetter
 from birthday_scheduler.infra.broker.policy import read_dead_letter, translate_errors
 
 log = structlog.get_logger(__name__)
 
+# A message a scan holds, with what it reads as (None: no id in its body, always kept).
+_Held = tuple[AbstractIncomingMessage, DeadLetter | None]
+
 
 class RabbitDeadLetters:
-    def __init__(self, queue: AbstractQueue, *, clock: Clock, timeout: float, secret: str) -> None:
+    def __init__(
+        self,
+        queue: AbstractQueue,
+        publish_channel: AbstractChannel,
+        *,
+        clock: Clock,
+        timeout: float,
+        secret: str,
+    ) -> None:
         self._queue = queue
+        self._publish_channel = publish_channel
         self._clock = clock
         self._timeout = timeout
         self._secret = secret
@@ -36,7 +62,7 @@ class RabbitDeadLetters:
         async with self._lock:
             held: list[AbstractIncomingMessage] = []
             try:
-                with translate_errors("RabbitMQ: read the dead-letter queue", self._secret):
+                with self._errors("read the dead-letter queue"):
                     while len(found) < limit and (message := await self._get()) is not None:
                         held.append(message)
                         if (dead := self._read(message)) is not None:
@@ -45,32 +71,35 @@ class RabbitDeadLetters:
                 await self._hand_back(held)
         return found
 
-    async def take(self, message_ids: Sequence[UUID] | None) -> list[DeadLetter]:
-        wanted = None if message_ids is None else set(message_ids)
-        taken: list[DeadLetter] = []
+    @contextlib.asynccontextmanager
+    async def scan(self, page_size: int) -> AsyncIterator[RabbitScan]:
+        if page_size < 1:
+            raise ValueError("page_size must be >= 1")
         async with self._lock:
-            kept: list[AbstractIncomingMessage] = []
+            scan = RabbitScan(self, page_size)
             try:
-                with translate_errors("RabbitMQ: take from the dead-letter queue", self._secret):
-                    # The whole queue is scanned: an id dead-lettered twice leaves no copy.
-                    while (message := await self._get()) is not None:
-                        dead = self._read(message)
-                        if dead is not None and (wanted is None or dead.message_id in wanted):
-                            await message.ack()
-                            taken.append(dead)
-                        else:
-                            kept.append(message)
-            finally:
-                await self._hand_back(kept)
-        return taken
+                yield scan
+            except BaseException:
+                # The original error matters more than a failed hand-back; if the channel is
+                # gone the broker has requeued the held messages itself.
+                with contextlib.suppress(BrokerError):
+                    await self._hand_back(scan.release())
+                raise
+            await self._hand_back(scan.release())
+            log.info("broker.dead_letters_scanned", read=scan.read, peak_held=scan.peak_held)
 
     async def purge(self) -> int:
         async with self._lock:
-            with translate_errors("RabbitMQ: purge the dead-letter queue", self._secret):
+            with self._errors("purge the dead-letter queue"):
                 purge_ok = await self._queue.purge(timeout=self._timeout)
         count = int(purge_ok.message_count or 0)
         log.warning("broker.dead_letters_purged", count=count)
         return count
+
+    # -- helpers used by RabbitScan --------------------------------------------------------
+
+    def _errors(self, action: str) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(f"RabbitMQ: {action}", self._secret)
 
     async def _get(self) -> AbstractIncomingMessage | None:
         return await self._queue.get(no_ack=False, fail=False, timeout=self._timeout)
@@ -82,10 +111,108 @@ class RabbitDeadLetters:
             log.warning("broker.dead_letter_unreadable", queue=self._queue.name)
         return dead
 
+    async def _move_to_tail(self, kept: list[_Held]) -> None:
+        """Publish copies of `kept` at the queue's tail (confirmed), then ack the originals."""
+        if not kept:
+            return
+        with self._errors("move dead letters to the tail of the queue"):
+            async with asyncio.timeout(self._timeout):
+                underlay = await self._publish_channel.get_underlay_channel()
+                results = await asyncio.gather(
+                    *(self._publish_copy(underlay, message, dead) for message, dead in kept),
+                    return_exceptions=True,
+                )
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise BrokerError(
+                    f"{len(failures)} of {len(kept)} dead letters were not moved"
+                ) from failures[0]
+            # Everything this channel still holds up to the last kept message is a kept one
+            # (removed letters were acked already): one frame acks them all.
+            await kept[-1][0].ack(multiple=True)
+
+    async def _publish_copy(
+        self,
+        underlay: aiormq.abc.AbstractChannel,
+        message: AbstractIncomingMessage,
+        dead: DeadLetter | None,
+    ) -> None:
+        headers: dict[str, Any] = dict(message.headers or {})
+        if dead is not None:
+            # Our own headers carry the reason and time the broker's x-death table gave, so
+            # the copy reads the same whatever the broker does with a client's x-death.
+            headers["x-death-reason"] = dead.reason
+            headers["x-dead-at"] = dead.dead_at.isoformat()
+        result = await cast(aiormq.Channel, underlay).basic_publish(
+            message.body,
+            routing_key=self._queue.name,
+            properties=aiormq.spec.Basic.Properties(
+                content_type=message.content_type,
+                delivery_mode=2,  # persistent
+                message_id=message.message_id,
+                headers=headers,
+            ),
+            mandatory=True,
+            wait=False,
+        )
+        if not isinstance(result, aiormq.spec.Basic.Ack):
+            raise BrokerError("a moved dead letter was not acknowledged")
+
     async def _hand_back(self, held: list[AbstractIncomingMessage]) -> None:
         if not held:
             return
         # One nack with multiple=True returns everything this channel still holds up to the
-        # last one (taken messages were acked already).
-        with translate_errors("RabbitMQ: requeue peeked dead letters", self._secret):
+        # last one (removed messages were acked already).
+        with self._errors("requeue held dead letters"):
             await held[-1].nack(multiple=True, requeue=True)
+
+
+class RabbitScan:
+    """One pass of `RabbitDeadLetters.scan` (a `DeadLetterScan`)."""
+
+    def __init__(self, owner: RabbitDeadLetters, page_size: int) -> None:
+        self._owner = owner
+        # Messages left in the pass, known from the first basic.get's count of those behind it.
+        # Not from a passive declare: RabbitMQ answers that ahead of requeues still queued for
+        # the queue process (a hand-back just before), and would undercount.
+        self._remaining: int | None = None
+        self._page_size = page_size
+        self._held: list[_Held] = []
+        self.read = 0
+        self.peak_held = 0
+
+    async def next_page(self) -> list[DeadLetter] | None:
+        kept, self._held = self._held, []
+        await self._owner._move_to_tail(kept)
+        with self._owner._errors("read the dead-letter queue"):
+            while len(self._held) < self._page_size and self._remaining != 0:
+                message = await self._owner._get()
+                if message is None:  # empty, or someone else emptied it meanwhile
+                    self._remaining = 0
+                    break
+                if self._remaining is None:
+                    self._remaining = int(message.message_count or 0)
+                else:
+                    self._remaining -= 1
+                self.read += 1
+                self._held.append((message, self._owner._read(message)))
+                self.peak_held = max(self.peak_held, len(self._held))
+        if not self._held:
+            return None
+        return [dead for _, dead in self._held if dead is not None]
+
+    async def remove(self, message_ids: Collection[UUID]) -> None:
+        wanted = set(message_ids)
+        kept: list[_Held] = []
+        with self._owner._errors("remove dead letters"):
+            for message, dead in self._held:
+                if dead is not None and dead.message_id in wanted:
+                    await message.ack()
+                else:
+                    kept.append((message, dead))
+        self._held = kept
+
+    def release(self) -> list[AbstractIncomingMessage]:
+        """Forget the held page and return its messages (to be handed back in place)."""
+        held, self._held = self._held, []
+        return [message for message, _ in held]
