@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit bench db-migrate db-rollback db-status install clean
+.PHONY: run test lint typecheck unit bench chaos db-migrate db-rollback db-status install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ unit: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Restarts the machine's PostgreSQL and RabbitMQ during the run (see docs/RUNBOOK.md).
+chaos: $(STAMP)
+	$(BIN)/python -m chaos
 
 db-migrate: $(STAMP)
 	$(BIN)/birthday-scheduler db migrate

@@ -1,0 +1,1 @@
+"""The chaos run behind `make chaos`: see chaos/__main__.py."""
