@@ -18,6 +18,7 @@ def test_from_env_reads_every_variable() -> None:
             "SIMULATOR_OUTAGES": "30-60, 120-180",
             "SIMULATOR_SEED": "42",
             "SIMULATOR_HANG_S": "5",
+            "SIMULATOR_MAX_DELIVERIES": "250000",
         }
     )
     assert config == SimulatorConfig(
@@ -31,6 +32,7 @@ def test_from_env_reads_every_variable() -> None:
         outages=((30.0, 60.0), (120.0, 180.0)),
         seed=42,
         hang_s=5.0,
+        max_deliveries=250_000,
     )
 
 
@@ -49,6 +51,8 @@ def test_from_env_defaults_to_a_well_behaved_service() -> None:
         ("SIMULATOR_OUTAGES", "60-30"),
         ("SIMULATOR_LATENCY_MS", "200-20"),
         ("SIMULATOR_HANG_S", "0"),
+        ("SIMULATOR_MAX_DELIVERIES", "0"),
+        ("SIMULATOR_MAX_DELIVERIES", "1e6"),
     ],
 )
 def test_from_env_names_the_bad_variable(variable: str, value: str) -> None:
@@ -92,3 +96,9 @@ def test_updated_applies_a_json_subset_and_rejects_the_rest() -> None:
     for bad in ({"nope": 1}, {"seed": "x"}, {"hang_rate": True}, {"outages": [[1]]}):
         with pytest.raises(ValueError, match=r"\w"):
             config.updated(bad)
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "10"])
+def test_max_deliveries_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(ValueError, match="max_deliveries"):
+        SimulatorConfig().updated({"max_deliveries": value})

@@ -9,7 +9,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection
+from sqlalchemy import Connection, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -23,6 +23,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def head_revision() -> str:
+    """The newest revision in the migration files (reads and parses every one of them)."""
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
@@ -59,3 +60,15 @@ class SchemaStatus:
 
 async def schema_status(engine: AsyncEngine) -> SchemaStatus:
     return SchemaStatus(current=await current_revision(engine), head=head_revision())
+
+
+_VERSIONS = text("SELECT version_num FROM alembic_version")
+
+
+async def database_revision(engine: AsyncEngine) -> str | None:
+    """The database's revision in one query, for a readiness probe: no migration files read
+    (compare with a `head_revision()` read once at start-up) and no catalog lookup, so a
+    database without the version table raises instead of answering None."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(_VERSIONS)).scalars().all()
+    return ",".join(sorted(rows)) or None

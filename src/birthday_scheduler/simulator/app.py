@@ -8,10 +8,15 @@ Endpoints:
         503 during outage windows, hangs, and accept-then-hang (recorded, never answered).
         A repeated Idempotency-Key that was accepted before gets 200 again without a second
         delivery (counted in `duplicates`), as real idempotent APIs do.
-    GET /deliveries     accepted deliveries, once per key:
-                        [{email, message, idempotencyKey, time, authorized}]
+    GET /deliveries     the most recent accepted deliveries, oldest first, once per key:
+                        [{email, message, idempotencyKey, time, authorized}]; at most
+                        `max_deliveries` (SIMULATOR_MAX_DELIVERIES, default 10,000) are kept,
+                        and the header X-Total-Accepted counts every one accepted since the
+                        start or the last reset (as /stats `accepted` does). A key is
+                        recognised as a repeat while its delivery is still kept.
     DELETE /deliveries  forget deliveries, keys and counters (for tests)
-    GET /stats          {requests, authorized, accepted, duplicates, invalid, failures: {...}}
+    GET /stats          {requests, authorized, accepted, duplicates, invalid, failures: {...},
+                        deliveries (kept now), maxDeliveries}
     GET /config         the current settings plus `uptimeS`
     PUT /config         change settings at run time with a JSON subset of the SimulatorConfig
                         field names, e.g. {"outages": [[0, 1e9]]} to start an outage now and
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -69,7 +74,8 @@ class SimulatorState:
     clock: Clock
     rng: random.Random = field(init=False)
     started_at: float = field(init=False)
-    deliveries: list[Delivery] = field(default_factory=list)
+    # A ring of the most recent accepted deliveries; by_key indexes the ones it still holds.
+    deliveries: deque[Delivery] = field(init=False)
     by_key: dict[str, Delivery] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     failures: Counter[str] = field(default_factory=Counter)
@@ -79,11 +85,27 @@ class SimulatorState:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.config.seed)  # noqa: S311 - fault injection, not crypto
         self.started_at = self.clock.monotonic()
+        self.deliveries = deque(maxlen=self.config.max_deliveries)
 
     def reconfigure(self, config: SimulatorConfig, reseed: bool) -> None:
         self.config = config
         if reseed:
             self.rng = random.Random(config.seed)  # noqa: S311 - fault injection, not crypto
+        if config.max_deliveries != self.deliveries.maxlen:
+            kept = list(self.deliveries)[-config.max_deliveries :]
+            self.deliveries = deque(kept, maxlen=config.max_deliveries)
+            self.by_key = {d.idempotency_key: d for d in kept if d.idempotency_key is not None}
+
+    def record(self, delivery: Delivery) -> None:
+        """Keep an accepted delivery, dropping the oldest (and forgetting its key) when full."""
+        if len(self.deliveries) == self.deliveries.maxlen:
+            oldest = self.deliveries[0]
+            if oldest.idempotency_key is not None:
+                self.by_key.pop(oldest.idempotency_key, None)
+        self.deliveries.append(delivery)
+        if delivery.idempotency_key is not None:
+            self.by_key[delivery.idempotency_key] = delivery
+        self.counters["accepted"] += 1
 
     def reset(self) -> None:
         self.deliveries.clear()
@@ -117,6 +139,7 @@ class SimulatorState:
             "invalid": self.counters["invalid"],
             "failures": {fault.value: self.failures[fault.value] for fault in _FAULT_KINDS},
             "deliveries": len(self.deliveries),
+            "maxDeliveries": self.deliveries.maxlen,
         }
 
 
@@ -197,10 +220,7 @@ async def _send(request: web.Request) -> web.StreamResponse:
         state.counters["duplicates"] += 1
     else:
         delivery = Delivery(email, message, key, state.clock.now(), authorized)
-        state.deliveries.append(delivery)
-        if key is not None:
-            state.by_key[key] = delivery
-        state.counters["accepted"] += 1
+        state.record(delivery)
 
     if fault is Fault.ACCEPT_THEN_HANG:
         state.failures[fault.value] += 1
@@ -226,7 +246,13 @@ async def _read_send_body(request: web.Request) -> tuple[str, str] | web.Respons
 
 async def _list_deliveries(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    return web.json_response([delivery.to_json() for delivery in state.deliveries])
+    return web.json_response(
+        [delivery.to_json() for delivery in state.deliveries],
+        headers={
+            "X-Total-Accepted": str(state.counters["accepted"]),
+            "X-Max-Deliveries": str(state.deliveries.maxlen),
+        },
+    )
 
 
 async def _reset(request: web.Request) -> web.Response:

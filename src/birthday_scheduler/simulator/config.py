@@ -11,6 +11,8 @@ Environment variables read by `SimulatorConfig.from_env()` (all optional):
     SIMULATOR_OUTAGES                windows answered 503, in seconds after start: "30-60,120-180"
     SIMULATOR_SEED                   integer seed: the same seed gives the same fault sequence
     SIMULATOR_HANG_S                 how long a hung request is held at most (default 600)
+    SIMULATOR_MAX_DELIVERIES         accepted deliveries kept for GET /deliveries, the most
+                                     recent first to stay (default 10000; memory is bounded)
 
 The five rates are drawn from one random number per request, so together they must not
 exceed 1.
@@ -26,6 +28,8 @@ from enum import StrEnum
 from typing import Any
 
 from birthday_scheduler.errors import ConfigurationError
+
+DEFAULT_MAX_DELIVERIES = 10_000
 
 
 class Fault(StrEnum):
@@ -60,6 +64,9 @@ class SimulatorConfig:
     outages: tuple[tuple[float, float], ...] = ()
     seed: int | None = None
     hang_s: float = 600.0
+    # The most recent accepted deliveries kept (and their keys remembered as repeats); older
+    # ones are dropped so a long-running simulator holds bounded memory.
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
 
     def __post_init__(self) -> None:
         for name, _ in _RATE_FIELDS:
@@ -79,6 +86,10 @@ class SimulatorConfig:
                 raise ValueError(f"outage window ({start}, {end}) must have 0 <= start < end")
         if not (0.0 < self.hang_s < math.inf):
             raise ValueError("hang_s must be a positive number")
+        if isinstance(self.max_deliveries, bool) or not (
+            isinstance(self.max_deliveries, int) and self.max_deliveries >= 1
+        ):
+            raise ValueError("max_deliveries must be an integer of at least 1")
 
     def pick_fault(self, draw: float) -> Fault:
         """The fault for a request whose uniform random draw in [0, 1) is `draw`."""
@@ -111,6 +122,8 @@ class SimulatorConfig:
                 if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
                     raise ValueError("seed must be an integer or null")
                 values[name] = value
+            elif name == "max_deliveries":
+                values[name] = value  # checked by __post_init__
             elif name == "latency_max_ms" and value is None:
                 values[name] = None
             else:
@@ -141,6 +154,13 @@ class SimulatorConfig:
                 ) from None
         if raw := env.get("SIMULATOR_HANG_S", "").strip():
             values["hang_s"] = _env_float("SIMULATOR_HANG_S", raw)
+        if raw := env.get("SIMULATOR_MAX_DELIVERIES", "").strip():
+            try:
+                values["max_deliveries"] = int(raw)
+            except ValueError:
+                raise ConfigurationError(
+                    f"SIMULATOR_MAX_DELIVERIES must be an integer, got {raw!r}"
+                ) from None
         try:
             return cls(**values)
         except ValueError as exc:
