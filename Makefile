@@ -25,7 +25,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# System tools the suite runs (promtool), installed with apt-get when missing; see the script.
+.PHONY: tools
+tools:
+	scripts/ensure-tools.sh
+
+test: tools lint typecheck
 	$(BIN)/pytest
 
 unit: $(STAMP)
