@@ -27,3 +27,26 @@ async def test_docs_and_schema(client: httpx.AsyncClient) -> None:
     assert body["additionalProperties"] is False
     assert {"firstName", "lastName", "email", "dateOfBirth"} <= set(body["required"])
     assert {"timezone", "timezoneOffset"} <= set(body["properties"])
+
+
+async def test_every_error_is_documented_as_a_problem(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    problem = schema["components"]["schemas"]["Problem"]
+    assert problem["required"] == ["type", "title", "status"]
+    for path, operations in schema["paths"].items():
+        if not path.startswith("/users"):
+            continue
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert {"400", "401", "429", "503"} <= set(responses), (method, path)
+            if method in ("post", "put", "patch"):
+                assert {"413", "415"} <= set(responses), (method, path)
+            for code, response in responses.items():
+                if int(code) >= 400:
+                    assert response["content"] == {
+                        "application/problem+json": {
+                            "schema": {"$ref": "#/components/schemas/Problem"}
+                        }
+                    }, (method, path, code)
+            for code in ("429", "503"):
+                assert responses[code]["headers"]["Retry-After"]["required"] is True

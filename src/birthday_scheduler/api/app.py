@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import Depends, FastAPI
-from fastapi.openapi.utils import get_openapi
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from birthday_scheduler import __version__
 from birthday_scheduler.api import health
 from birthday_scheduler.api.context import ApiContext
 from birthday_scheduler.api.middleware import BodyGuardMiddleware, ObservabilityMiddleware
+from birthday_scheduler.api.openapi import openapi_document
 from birthday_scheduler.api.problems import install_problem_handlers
 from birthday_scheduler.api.security import RateLimiter, TokenAuth
 from birthday_scheduler.users.routes import build_router as users_router
@@ -50,20 +48,5 @@ def create_app(context: ApiContext) -> FastAPI:
     app.add_middleware(
         ProxyHeadersMiddleware, trusted_hosts=list(context.settings.forwarded_allow_ips)
     )
-    app.openapi = lambda: _openapi_without_422(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app
-
-
-def _openapi_without_422(app: FastAPI) -> dict[str, Any]:
-    """Invalid input is 400 problem+json here (never FastAPI's 422): document it so."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                operation.get("responses", {}).pop("422", None)
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        app.openapi_schema = schema
-    return app.openapi_schema

@@ -26,11 +26,20 @@ from birthday_scheduler.users.schemas import (
 DATABASE_DEADLINE_S = 5.0
 T = TypeVar("T")
 
-PROBLEM: dict[str, Any] = {"model": None, "content": {"application/problem+json": {}}}
+# Each status /users* can answer with; the body is always the Problem schema (api/openapi.py).
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Invalid input; `errors` lists each field and why", **PROBLEM},
-    401: {"description": "Missing or wrong bearer token", **PROBLEM},
-    429: {"description": "Rate limited", **PROBLEM},
+    400: {"description": "Invalid input; `errors` lists each field and why"},
+    401: {"description": "Missing or wrong bearer token"},
+    429: {"description": "Rate limited; retry after `Retry-After` seconds"},
+    503: {"description": "Database unreachable; retry after `Retry-After` seconds"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No live user has this id"}}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: {"description": "A live user already has this email address"}
+}
+BODY: dict[int | str, dict[str, Any]] = {
+    413: {"description": "Body larger than MAX_BODY_BYTES"},
+    415: {"description": "Body is not application/json"},
 }
 
 
@@ -55,7 +64,7 @@ async def _transaction(context: ApiContext, work: Callable[[AsyncSession], Await
 def build_router(dependencies: list[object]) -> APIRouter:
     router = APIRouter(prefix="/users", tags=["users"], dependencies=dependencies, responses=ERRORS)  # type: ignore[arg-type]
 
-    @router.post("", status_code=201, response_model=UserOut, responses={409: PROBLEM})
+    @router.post("", status_code=201, response_model=UserOut, responses=CONFLICT | BODY)
     async def create_user(body: UserWrite, context: Context) -> UserOut:
         now = context.clock.now()
         return await _transaction(context, lambda s: context.users.create(s, body, now))
@@ -68,27 +77,27 @@ def build_router(dependencies: list[object]) -> APIRouter:
     ) -> UserPage:
         return await _transaction(context, lambda s: context.users.list_page(s, limit, cursor))
 
-    @router.get("/{user_id}", response_model=UserOut, responses={404: PROBLEM})
+    @router.get("/{user_id}", response_model=UserOut, responses=NOT_FOUND)
     async def get_user(user_id: uuid.UUID, context: Context) -> UserOut:
         return await _transaction(context, lambda s: context.users.get(s, user_id))
 
-    @router.put("/{user_id}", response_model=UserOut, responses={404: PROBLEM, 409: PROBLEM})
+    @router.put("/{user_id}", response_model=UserOut, responses=NOT_FOUND | CONFLICT | BODY)
     async def replace_user(user_id: uuid.UUID, body: UserWrite, context: Context) -> UserOut:
         now = context.clock.now()
         return await _transaction(context, lambda s: context.users.replace(s, user_id, body, now))
 
-    @router.patch("/{user_id}", response_model=UserOut, responses={404: PROBLEM, 409: PROBLEM})
+    @router.patch("/{user_id}", response_model=UserOut, responses=NOT_FOUND | CONFLICT | BODY)
     async def patch_user(user_id: uuid.UUID, body: UserPatch, context: Context) -> UserOut:
         now = context.clock.now()
         return await _transaction(context, lambda s: context.users.patch(s, user_id, body, now))
 
-    @router.delete("/{user_id}", status_code=204, responses={404: PROBLEM})
+    @router.delete("/{user_id}", status_code=204, responses=NOT_FOUND)
     async def delete_user(user_id: uuid.UUID, context: Context) -> Response:
         now = context.clock.now()
         await _transaction(context, lambda s: context.users.delete(s, user_id, now))
         return Response(status_code=204)
 
-    @router.get("/{user_id}/messages", response_model=MessageHistory, responses={404: PROBLEM})
+    @router.get("/{user_id}/messages", response_model=MessageHistory, responses=NOT_FOUND)
     async def user_messages(user_id: uuid.UUID, context: Context) -> MessageHistory:
         rows = await _transaction(context, lambda s: context.users.history(s, user_id))
         return MessageHistory(
