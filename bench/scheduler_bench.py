@@ -43,8 +43,8 @@ from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
 from birthday_scheduler.infra.db import create_engine
 from birthday_scheduler.infra.logging import configure_logging
 from birthday_scheduler.infra.sql import upsert
-from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages import schedules
+from birthday_scheduler.messages.ledger import common, planned
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.settings import Settings
 
@@ -114,12 +114,12 @@ LOAD_SQL = (
 
 
 async def _legacy_insert_ledger_rows(
-    session: AsyncSession, rows: Sequence[repo.NewLedgerRow], now: datetime
+    session: AsyncSession, rows: Sequence[planned.NewLedgerRow], now: datetime
 ) -> list[tuple[uuid.UUID, MessageStatus]]:
     """A multi-row `.values([...])`: one bind parameter per cell, compiled afresh per call."""
     if not rows:
         return []
-    stmt = upsert(session, repo._ledger).values(
+    stmt = upsert(session, common.ledger_table).values(
         [
             {
                 "id": row.id,
@@ -150,8 +150,8 @@ async def _legacy_insert_ledger_rows(
             "lease_until": revived.lease_until,
             "updated_at": revived.updated_at,
         },
-        where=repo._ledger.c.status == MessageStatus.CANCELLED.value,
-    ).returning(repo._ledger.c.id, repo._ledger.c.status)
+        where=common.ledger_table.c.status == MessageStatus.CANCELLED.value,
+    ).returning(common.ledger_table.c.id, common.ledger_table.c.status)
     result = await session.execute(stmt)
     return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
 
@@ -185,7 +185,7 @@ async def _legacy_advance_schedules(
 
 async def _legacy_write_tick_plan(
     session: AsyncSession,
-    rows: Sequence[repo.NewLedgerRow],
+    rows: Sequence[planned.NewLedgerRow],
     advances: Sequence[schedules.ScheduleAdvance],
     now: datetime,
 ) -> list[tuple[uuid.UUID, MessageStatus]]:
@@ -197,12 +197,12 @@ async def _legacy_write_tick_plan(
 @contextlib.contextmanager
 def _legacy_repository() -> Iterator[None]:
     # The scheduler looks it up on the module at call time, so swapping it is enough.
-    saved = repo.write_tick_plan
-    repo.write_tick_plan = _legacy_write_tick_plan
+    saved = planned.write_tick_plan
+    planned.write_tick_plan = _legacy_write_tick_plan
     try:
         yield
     finally:
-        repo.write_tick_plan = saved
+        planned.write_tick_plan = saved
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 from birthday_scheduler.delivery.breaker import CircuitState
 from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
 from birthday_scheduler.infra.db import create_engine, session_factory, unit_of_work
-from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages.ledger import claims, planned, publishing
 from birthday_scheduler.messages.models import MessageLog, MessageStatus
 from birthday_scheduler.settings import Settings
 from birthday_scheduler.simulator.app import SimulatorConfig
@@ -207,7 +207,7 @@ async def test_a_retry_recorded_before_the_publisher_marks_the_row_queued_is_kep
     try:
         tick = datetime.now(UTC).replace(microsecond=123456)
         (seeded,) = await seed_due(sessions, 1, now=tick - timedelta(seconds=1))
-        row = repo.NewLedgerRow(
+        row = planned.NewLedgerRow(
             id=seeded.message_id,
             user_id=seeded.user_id,
             kind="birthday",
@@ -217,17 +217,17 @@ async def test_a_retry_recorded_before_the_publisher_marks_the_row_queued_is_kep
             lease_until=tick + timedelta(seconds=30),
         )
         async with unit_of_work(sessions) as session:
-            await repo.insert_ledger_rows(session, [row], tick)
+            await planned.insert_ledger_rows(session, [row], tick)
         # ... published; a worker takes it at once and the service answers 500 ...
         worker_now = tick + timedelta(milliseconds=40)
         retry_at = worker_now + timedelta(seconds=2)
         async with unit_of_work(sessions) as session:
-            claimed = await repo.claim_for_sending(
+            claimed = await claims.claim_for_sending(
                 session, row.id, worker_now, timedelta(seconds=60), tick - timedelta(hours=1)
             )
             assert claimed is not None
         async with unit_of_work(sessions) as session:
-            assert await repo.record_outcome(
+            assert await claims.record_outcome(
                 session,
                 row.id,
                 claimed.attempts,
@@ -238,7 +238,7 @@ async def test_a_retry_recorded_before_the_publisher_marks_the_row_queued_is_kep
             )
         # ... and only now does the scheduler's bookkeeping for that publish run.
         async with unit_of_work(sessions) as session:
-            await repo.mark_queued(session, [row.id], tick, timedelta(seconds=300))
+            await publishing.mark_queued(session, [row.id], tick, timedelta(seconds=300))
         async with sessions() as session:
             stored = await session.get(MessageLog, row.id)
             assert stored is not None
@@ -246,15 +246,15 @@ async def test_a_retry_recorded_before_the_publisher_marks_the_row_queued_is_kep
 
         # The sweep finds it when the retry is due, not five minutes later.
         async with unit_of_work(sessions) as session:
-            stale = await repo.lock_stale(session, retry_at, 100)
+            stale = await publishing.lock_stale(session, retry_at, 100)
         assert [(r.id, r.status) for r in stale] == [(row.id, "failed")]
         # A row the worker has not touched is still marked queued as before.
         (untouched,) = await seed_due(sessions, 1, now=tick - timedelta(seconds=1))
         async with unit_of_work(sessions) as session:
-            await repo.insert_ledger_rows(
+            await planned.insert_ledger_rows(
                 session,
                 [
-                    repo.NewLedgerRow(
+                    planned.NewLedgerRow(
                         id=untouched.message_id,
                         user_id=untouched.user_id,
                         kind="birthday",
@@ -266,7 +266,9 @@ async def test_a_retry_recorded_before_the_publisher_marks_the_row_queued_is_kep
                 ],
                 tick,
             )
-            await repo.mark_queued(session, [untouched.message_id], tick, timedelta(seconds=300))
+            await publishing.mark_queued(
+                session, [untouched.message_id], tick, timedelta(seconds=300)
+            )
         async with sessions() as session:
             fresh = await session.get(MessageLog, untouched.message_id)
             assert fresh is not None

@@ -25,8 +25,8 @@ from birthday_scheduler.infra.broker.base import MAIN_QUEUE
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.messages import kinds, schedules
-from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages.kinds import MessageKind
+from birthday_scheduler.messages.ledger import claims, planned, publishing
 from birthday_scheduler.messages.models import MessageLog, MessageSchedule, MessageStatus
 from birthday_scheduler.messages.planning import ledger_id, plan_due
 from birthday_scheduler.messages.scheduler import Scheduler
@@ -322,12 +322,12 @@ async def test_a_failed_publish_hands_back_only_rows_nobody_touched_since(
     )
     worker_at = SEND + timedelta(milliseconds=20)
     async with unit_of_work(resources.sessions) as session:
-        assert await repo.claim_for_sending(
+        assert await claims.claim_for_sending(
             session, taken, worker_at, resources.lease, SEND - timedelta(hours=1)
         )
 
     async with unit_of_work(resources.sessions) as session:
-        await repo.release_unpublished(session, [taken, untouched], SEND, GRACE)
+        await publishing.release_unpublished(session, [taken, untouched], SEND, GRACE)
 
     [taken_row] = await ledger(resources, str(first["id"]))
     [untouched_row] = await ledger(resources, str(second["id"]))
@@ -348,7 +348,7 @@ async def plan_without_publishing(
     async with unit_of_work(resources.sessions) as session:
         due = await schedules.claim_due_schedules(session, now, 100)
         plan = plan_due(due, scheduler.policy, now)
-        await repo.write_tick_plan(session, plan.rows, plan.advances, now)
+        await planned.write_tick_plan(session, plan.rows, plan.advances, now)
     return [(row.id, str(row.user_id)) for row in plan.rows]
 
 
@@ -394,7 +394,7 @@ async def test_sending_row_whose_lease_passed_is_handed_back_as_queued(
     # A worker claims it the way workers do, then dies mid-send.
     claimed_at = SEND + timedelta(seconds=2)
     async with unit_of_work(resources.sessions) as session:
-        claimed = await repo.claim_for_sending(
+        claimed = await claims.claim_for_sending(
             session, row.id, claimed_at, resources.lease, SEND - timedelta(hours=1)
         )
     assert claimed is not None
@@ -486,7 +486,7 @@ async def test_a_batch_larger_than_the_bind_parameter_limit_is_written(
     user_id = uuid.UUID(str((await create_user(client))["id"]))
     # 3,000 rows of 12 columns and 40,000 ids: both past the limit if sent as one parameter each.
     rows = [
-        repo.NewLedgerRow(
+        planned.NewLedgerRow(
             id=ledger_id(user_id, "birthday", occasion),
             user_id=user_id,
             kind="birthday",
@@ -499,8 +499,8 @@ async def test_a_batch_larger_than_the_bind_parameter_limit_is_written(
     ]
     ids = [row.id for row in rows] + [uuid.uuid4() for _ in range(37_000)]
     async with unit_of_work(resources.sessions) as session:
-        written = await repo.insert_ledger_rows(session, rows, SEND)
-        await repo.mark_queued(session, ids, SEND, resources.lease)
+        written = await planned.insert_ledger_rows(session, rows, SEND)
+        await publishing.mark_queued(session, ids, SEND, resources.lease)
 
     assert len(written) == 3_000
     async with resources.sessions() as session:

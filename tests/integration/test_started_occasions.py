@@ -16,8 +16,8 @@ from birthday_scheduler.delivery.client import Outcome, SendResult
 from birthday_scheduler.delivery.worker import DeliveryWorker
 from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.infra.db import unit_of_work
-from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages import schedules as schedules_sql
+from birthday_scheduler.messages.ledger import claims, occasions, planned
 from birthday_scheduler.messages.models import MessageLog, MessageSchedule, MessageStatus
 from birthday_scheduler.messages.planning import plan_due
 from birthday_scheduler.messages.scheduler import Scheduler
@@ -136,7 +136,7 @@ async def test_a_killed_workers_row_counts_as_started(
     await scheduler.tick(SEND)
     [message_id] = await drain_queue(resources.require_broker())
     async with unit_of_work(resources.sessions) as session:
-        assert await repo.claim_for_sending(
+        assert await claims.claim_for_sending(
             session, message_id, SEND, timedelta(seconds=15), SEND - timedelta(hours=1)
         )
     # The worker is gone; the sweep takes the row back once its lease has run out.
@@ -162,7 +162,7 @@ async def test_a_sent_year_outlives_the_retention_purge(
     await scheduler.tick(datetime(2026, 1, 2, 9, tzinfo=UTC))
     [message_id] = await drain_queue(resources.require_broker())
     async with unit_of_work(resources.sessions) as session:
-        claimed = await repo.claim_for_sending(
+        claimed = await claims.claim_for_sending(
             session,
             message_id,
             datetime(2026, 1, 2, 9, tzinfo=UTC),
@@ -170,13 +170,13 @@ async def test_a_sent_year_outlives_the_retention_purge(
             datetime(2026, 1, 2, 8, tzinfo=UTC),
         )
         assert claimed is not None
-        await repo.record_outcome(
+        await claims.record_outcome(
             session, message_id, 1, MessageStatus.SENT, datetime(2026, 1, 2, 9, tzinfo=UTC)
         )
 
     purged_at = datetime(2026, 6, 1, tzinfo=UTC)
     async with unit_of_work(resources.sessions) as session:
-        assert await repo.purge_finished(session, purged_at - timedelta(days=90), 1000) == 1
+        assert await occasions.purge_finished(session, purged_at - timedelta(days=90), 1000) == 1
     assert await ledger(resources, user_id) == []
 
     clock.set(purged_at)
@@ -228,7 +228,7 @@ async def test_a_replan_waits_for_a_tick_holding_the_users_schedule(
         # Give the PATCH every chance to run ahead of the tick's commit.
         await asyncio.wait({edit}, timeout=0.5)
         plan = plan_due(due, scheduler.policy, now)
-        await repo.write_tick_plan(tick, plan.rows, plan.advances, now)
+        await planned.write_tick_plan(tick, plan.rows, plan.advances, now)
     response = await asyncio.wait_for(edit, timeout=10)
     assert response.status_code == 200, response.text
 
@@ -259,7 +259,7 @@ async def test_a_tick_never_overwrites_a_schedule_an_edit_moved_since_it_read_it
 
     plan = plan_due(due, scheduler.policy, SEND)
     async with unit_of_work(resources.sessions) as session:
-        await repo.write_tick_plan(session, plan.rows, plan.advances, SEND)
+        await planned.write_tick_plan(session, plan.rows, plan.advances, SEND)
 
     async with resources.sessions() as session:
         stored = (

@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from birthday_scheduler.clock import Clock
 from birthday_scheduler.infra.broker.base import Broker, DeadLetter, DeadLetterScan
 from birthday_scheduler.infra.db import unit_of_work
-from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages.ledger import publishing
 
 log = structlog.get_logger(__name__)
 
@@ -143,12 +143,12 @@ async def _replay_page(
     if fresh:
         async with unit_of_work(sessions) as session:
             for message_id in fresh:
-                if await repo.reset_for_replay(session, message_id, now, lease):
+                if await publishing.reset_for_replay(session, message_id, now, lease):
                     reset.append(message_id)
     if remove:
         await scan.remove(remove)
     if reset:
         await broker.publish(reset)
         async with unit_of_work(sessions) as session:
-            await repo.mark_queued(session, reset, now, lease)
+            await publishing.mark_queued(session, reset, now, lease)
     return set(reset)

@@ -29,8 +29,8 @@ from birthday_scheduler.infra.metrics import (
     MESSAGES_ISOLATED,
     MESSAGES_PROCESSED,
 )
-from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages.kinds import Recipient, kind_named
+from birthday_scheduler.messages.ledger import claims
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.sweep import late_reason
 
@@ -78,15 +78,15 @@ class DeliveryWorker:
         on_time_since = now - self.catch_up_window
         late = False
         async with unit_of_work(self.sessions) as session:
-            claimed = await repo.claim_for_sending(
+            claimed = await claims.claim_for_sending(
                 session, message_id, now, self.lease, on_time_since
             )
             if claimed is None:
-                late = await repo.skip_if_late(
+                late = await claims.skip_if_late(
                     session, message_id, now, on_time_since, late_reason(self.catch_up_window)
                 )
             elif claimed.user_deleted:
-                await repo.record_outcome(
+                await claims.record_outcome(
                     session, claimed.id, claimed.attempts, MessageStatus.CANCELLED, now
                 )
         if claimed is None:
@@ -127,7 +127,7 @@ class DeliveryWorker:
         return True
 
     async def _record(
-        self, claimed: repo.ClaimedMessage, result: SendResult, now: datetime
+        self, claimed: claims.ClaimedMessage, result: SendResult, now: datetime
     ) -> None:
         context = {"message_id": str(claimed.id), "kind": claimed.kind, "attempt": claimed.attempts}
         if result.outcome is Outcome.SENT:
@@ -159,11 +159,13 @@ class DeliveryWorker:
         )
         await self._dead_letter(claimed, reason, now)
 
-    async def _isolate(self, claimed: repo.ClaimedMessage, reason: str) -> None:
+    async def _isolate(self, claimed: claims.ClaimedMessage, reason: str) -> None:
         MESSAGES_ISOLATED.labels(stage="delivery").inc()
         await self._dead_letter(claimed, reason, self.clock.now())
 
-    async def _dead_letter(self, claimed: repo.ClaimedMessage, reason: str, now: datetime) -> None:
+    async def _dead_letter(
+        self, claimed: claims.ClaimedMessage, reason: str, now: datetime
+    ) -> None:
         # The DLQ copy goes first, so a row marked dead always has its copy there.
         await self.broker.publish_dead(claimed.id, reason, now)
         await self._write(claimed, MessageStatus.DEAD, now, error=reason)
@@ -178,7 +180,7 @@ class DeliveryWorker:
 
     async def _write(
         self,
-        claimed: repo.ClaimedMessage,
+        claimed: claims.ClaimedMessage,
         status: MessageStatus,
         now: datetime,
         *,
@@ -186,7 +188,7 @@ class DeliveryWorker:
         retry_at: datetime | None = None,
     ) -> None:
         async with unit_of_work(self.sessions) as session:
-            recorded = await repo.record_outcome(
+            recorded = await claims.record_outcome(
                 session,
                 claimed.id,
                 claimed.attempts,

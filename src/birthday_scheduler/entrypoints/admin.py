@@ -13,7 +13,7 @@ from birthday_scheduler.infra import migrate
 from birthday_scheduler.infra.broker.base import Broker
 from birthday_scheduler.infra.db import create_engine, unit_of_work
 from birthday_scheduler.infra.logging import get_logger
-from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages.ledger import occasions
 from birthday_scheduler.settings import Settings
 
 log = get_logger(__name__)
@@ -121,7 +121,7 @@ async def messages_purge(settings: Settings, age: timedelta) -> None:
         total = 0
         while True:
             async with unit_of_work(resources.sessions) as session:
-                deleted = await repo.purge_finished(session, cutoff, PURGE_BATCH)
+                deleted = await occasions.purge_finished(session, cutoff, PURGE_BATCH)
             total += deleted
             if deleted < PURGE_BATCH:
                 break

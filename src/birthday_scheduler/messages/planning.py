@@ -1,7 +1,7 @@
 """Planning rules: when each user's messages fire, and what a re-plan or a delete does.
 
-Pure time math lives in timemath.py; SQL in repository.py. Nothing here commits: the caller's
-unit of work does.
+Pure time math lives in timemath.py; SQL in ledger/ and schedules.py. Nothing here commits:
+the caller's unit of work does.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from birthday_scheduler.messages import repository as repo
 from birthday_scheduler.messages import schedules
 from birthday_scheduler.messages.kinds import KINDS, MessageKind, PlanningFacts
+from birthday_scheduler.messages.ledger import occasions, planned
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.timemath import (
     Occurrence,
@@ -98,10 +98,10 @@ async def plan_user(
     """
     if replan:
         await schedules.lock_user_schedules(session, user_id)
-        await repo.cancel_unstarted(session, user_id, now)
+        await occasions.cancel_unstarted(session, user_id, now)
     fires: list[datetime] = []
     for kind in KINDS.values():
-        done = await repo.started_years(session, user_id, kind.name) if replan else set()
+        done = await occasions.started_years(session, user_id, kind.name) if replan else set()
         occurrence = _first_open_occurrence(kind, facts, policy.send_time, now, done)
         if occurrence is None:
             continue
@@ -118,18 +118,18 @@ async def plan_user(
 async def forget_user(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
     """A deleted user: nothing further is planned and nothing unsent goes out."""
     await schedules.delete_schedules(session, user_id)
-    await repo.cancel_unstarted(session, user_id, now)
+    await occasions.cancel_unstarted(session, user_id, now)
 
 
 @dataclass(frozen=True)
 class TickPlan:
-    rows: list[repo.NewLedgerRow]
+    rows: list[planned.NewLedgerRow]
     advances: list[schedules.ScheduleAdvance]
     # Schedules to remove: an occasion the user no longer has, or one that cannot be planned.
     dropped: list[tuple[uuid.UUID, str]]
     # Occasions that cannot be planned (a kind no longer defined, a zone missing from the
     # host's tzdata), with the reason: written `dead`, so one bad row never stalls a tick.
-    dead: list[tuple[repo.NewLedgerRow, str]]
+    dead: list[tuple[planned.NewLedgerRow, str]]
 
 
 def plan_due(
@@ -204,8 +204,8 @@ def _row(
     row_id: uuid.UUID,
     status: MessageStatus,
     lease_until: datetime | None,
-) -> repo.NewLedgerRow:
-    return repo.NewLedgerRow(
+) -> planned.NewLedgerRow:
+    return planned.NewLedgerRow(
         id=row_id,
         user_id=schedule.user_id,
         kind=schedule.kind,

@@ -28,7 +28,8 @@ from birthday_scheduler.infra.metrics import (
     SCHEDULER_TICK_DURATION,
 )
 from birthday_scheduler.messages import heartbeat, schedules
-from birthday_scheduler.messages import repository as repo
+from birthday_scheduler.messages.ledger import planned as new_rows
+from birthday_scheduler.messages.ledger import publishing
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.planning import PlanningPolicy, plan_due
 from birthday_scheduler.messages.sweep import StaleRow, late_reason, plan_sweep
@@ -113,21 +114,21 @@ class Scheduler:
             written: list[tuple[uuid.UUID, MessageStatus]] = []
             if due:
                 plan = plan_due(due, policy, now)
-                written = await repo.write_tick_plan(session, plan.rows, plan.advances, now)
+                written = await new_rows.write_tick_plan(session, plan.rows, plan.advances, now)
                 await schedules.drop_schedules(session, plan.dropped)
                 reasons = {row.id: reason for row, reason in plan.dead}
                 dead = [
                     (row_id, reasons[row_id])
-                    for row_id in await repo.insert_dead_rows(session, plan.dead, now)
+                    for row_id in await new_rows.insert_dead_rows(session, plan.dead, now)
                 ]
-            stale = await repo.lock_stale(session, now, self.batch_size)
+            stale = await publishing.lock_stale(session, now, self.batch_size)
             sweep = plan_sweep(
                 stale,
                 now,
                 policy.catch_up_window,
                 queue_has_backlog=await self._queue_has_backlog(stale),
             )
-            await repo.apply_sweep(
+            await publishing.apply_sweep(
                 session,
                 sweep,
                 now,
@@ -135,18 +136,18 @@ class Scheduler:
                 queue_lease=policy.queue_lease,
                 late_reason=late_reason(policy.catch_up_window),
             )
-        planned = [row_id for row_id, status in written if status == MessageStatus.QUEUED]
+        planned_ids = [row_id for row_id, status in written if status == MessageStatus.QUEUED]
         skipped = sum(1 for _, status in written if status == MessageStatus.SKIPPED)
         skipped += len(sweep.late)
-        MESSAGES_PLANNED.inc(len(planned))
+        MESSAGES_PLANNED.inc(len(planned_ids))
         if skipped:
             MESSAGES_PROCESSED.labels(outcome="skipped").inc(skipped)
             log.warning("scheduler.messages_skipped", count=skipped, reason="past catch-up window")
         # After the commit: nothing is published before its row exists.
         await self._dead_letter(dead, now)
-        await self._publish(planned, sweep.republish, now)
+        await self._publish(planned_ids, sweep.republish, now)
         return _Batch(
-            planned=len(planned),
+            planned=len(planned_ids),
             skipped=skipped,
             republished=len(sweep.republish),
             full=len(due) >= self.batch_size or len(stale) >= self.batch_size,
@@ -184,7 +185,7 @@ class Scheduler:
         self._last_beat = now
 
     async def _publish(
-        self, planned: list[uuid.UUID], stale: list[uuid.UUID], now: datetime
+        self, planned_ids: list[uuid.UUID], stale: list[uuid.UUID], now: datetime
     ) -> None:
         """Publish committed rows, then record what the publish means for each.
 
@@ -193,18 +194,22 @@ class Scheduler:
         until a confirmed publish gives them the queue's lease. Should the scheduler die in
         between, the leases already written bring every row back to the sweep.
         """
-        if not planned and not stale:
+        if not planned_ids and not stale:
             return
         try:
-            await self.broker.publish([*planned, *stale])
+            await self.broker.publish([*planned_ids, *stale])
         except BrokerError as exc:
-            log.error("scheduler.publish_failed", count=len(planned) + len(stale), error=str(exc))
+            log.error(
+                "scheduler.publish_failed", count=len(planned_ids) + len(stale), error=str(exc)
+            )
             async with unit_of_work(self.sessions) as session:
-                await repo.release_unpublished(session, planned, now, self.policy.publish_grace)
+                await publishing.release_unpublished(
+                    session, planned_ids, now, self.policy.publish_grace
+                )
             return
         if stale:
             async with unit_of_work(self.sessions) as session:
-                await repo.mark_queued(session, stale, now, self.policy.queue_lease)
+                await publishing.mark_queued(session, stale, now, self.policy.queue_lease)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         """Tick until `stop` is set; a failed tick is logged and the next one tries again."""

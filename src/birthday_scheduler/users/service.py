@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.errors import FieldProblem, NotFoundError, ValidationProblem
 from birthday_scheduler.messages import planning, schedules
-from birthday_scheduler.messages import repository as messages_repo
+from birthday_scheduler.messages.ledger import occasions
 from birthday_scheduler.messages.models import MessageLog
 from birthday_scheduler.users import repository as repo
 from birthday_scheduler.users.models import User
@@ -110,7 +110,7 @@ class UsersService:
 
     async def history(self, session: AsyncSession, user_id: uuid.UUID) -> list[MessageLog]:
         await _live(session, user_id)
-        return await messages_repo.history(session, user_id, limit=100)
+        return await occasions.history(session, user_id, limit=100)
 
 
 async def _live(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User:
