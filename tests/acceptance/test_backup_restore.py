@@ -26,7 +26,14 @@ BACKUP = str(ROOT / "scripts" / "backup.sh")
 RESTORE = str(ROOT / "scripts" / "restore.sh")
 SCRIPT = str(Path(sys.executable).parent / "birthday-scheduler")
 DUMP_NAME = re.compile(r"^birthday_scheduler_\d{8}_\d{6}\.sql\.gz$")
-TABLES = ("users", "message_schedules", "message_logs", "scheduler_heartbeats", "alembic_version")
+TABLES = (
+    "users",
+    "message_schedules",
+    "message_logs",
+    "started_occasions",
+    "scheduler_heartbeats",
+    "alembic_version",
+)
 SECRET = "s3cret-Pa55word"
 
 pytestmark = pytest.mark.postgres
