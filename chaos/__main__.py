@@ -1,29 +1,38 @@
 """`make chaos`: the real processes under faults, then the ledger against what was delivered.
 
-    .venv/bin/python -m chaos [--small] [--no-restarts] [--seed N] [--keep-logs]
+    .venv/bin/python -m chaos [--small] [--no-restarts] [--rabbitmq-node] [--seed N] [--keep-logs]
 
 Runs the API, two schedulers, two workers and the message-service simulator (20% 500s, 5%
 hangs, 1% accepted then never answered) as separate processes of the console script, on the
 machine's PostgreSQL and RabbitMQ, in a database and a vhost made for the run and removed after
-it. Users are created through the API so that their 09:00 falls on the run's wave instants.
-While their messages are in flight, workers and schedulers are SIGKILLed and started again,
-the RabbitMQ node and PostgreSQL are restarted, and some users are PATCHed. Then every
-occasion is given time to finish and the ledger is checked against the simulator's log.
+it. Users are created through the API (POST /users) so that 09:00 on their birthday, in their
+zone, falls on one of the run's waves: whole UTC minutes, the first a few seconds after the
+users exist, one a minute. In the seconds after each wave's instant, while its messages are in
+flight, one worker or scheduler at a time is SIGKILLed and started again, RabbitMQ (its broker
+application; with --rabbitmq-node the whole Erlang node) and PostgreSQL are restarted, and some
+of the wave's unfinished users are PATCHed: a new last name, a zone that moves the birthday's
+09:00 to the next wave, or the birthday moved to tomorrow. A process that exits by itself is
+started again and reported. Then every occasion gets time to finish, and the ledger is checked
+against the simulator's log of accepted deliveries (chaos/check.py).
 
 stdout gets exactly one line:
 
     chaos: messages=2000 faults=37 lost=0 duplicates=0 late_p99_s=4.2
 
-messages: occasions due in the run (one birthday per user created); faults: processes killed,
-node and database restarts, and PATCHes of users whose message was in flight; lost,
-duplicates, late: see chaos/check.py. The details (each fault, dead and skipped messages,
-early sends, what went wrong) go to stderr. Exit 0 when nothing was lost, duplicated, sent
-early, planned twice or sent to no one; 1 otherwise; 2 when the run could not be set up.
+messages: the occasions made due (one birthday per user created). faults: the kills, the
+service restarts and the PATCHes of users whose message was not yet finished when the PATCH
+went out, each counted once. lost, duplicates, late_p99_s: see chaos/check.py. stderr has the
+rest: each fault as it happens, then the counts by kind, the edits and their answers, the
+processes that exited by themselves, dead/skipped/early/planned-twice counts, the simulator's
+statistics, and the ledger rows of anything lost or duplicated. Exit 0 when nothing was lost,
+duplicated, sent early, planned twice, misplanned or sent to no one; 1 otherwise; 2 when the
+run could not be set up.
 
-The full profile is at least 2,000 messages; `--small` (200 messages, a few kills, one restart
-of each service) is what the test suite runs. `--no-restarts` leaves PostgreSQL and RabbitMQ
-alone, for runs beside other people's tests on a shared machine. Whatever happens, both
-services are left running, every process started is stopped, the database and vhost dropped.
+The full profile is 2,000 messages in five waves; `--small` (200 in two, a few kills, one
+restart of each service) is what the test suite runs. `--no-restarts` leaves PostgreSQL and
+RabbitMQ alone, for runs beside other people's tests on a shared machine. Whatever happens,
+both services are left running, every process started is stopped, the database and the vhost
+are dropped.
 """
 
 from __future__ import annotations
@@ -59,6 +68,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-restarts", action="store_true", help="kill processes, leave PostgreSQL and RabbitMQ"
     )
+    parser.add_argument(
+        "--rabbitmq-node",
+        action="store_true",
+        help="restart the whole RabbitMQ node (Erlang VM), not only its broker application",
+    )
     parser.add_argument("--seed", type=int, default=None, help="fault and data sequence")
     parser.add_argument("--keep-logs", action="store_true", help="keep the processes' logs")
     return parser.parse_args(argv)
@@ -70,7 +84,7 @@ def details(chaos: Chaos, verdict: Verdict, wall_s: float) -> list[str]:
         f"profile={chaos.profile.name} seed={chaos.seed} wall_s={wall_s:.0f}",
         f"faults {dict(sorted(report.faults.items()))} outages_s {report.outage_s}",
         f"patches {dict(report.patch_kinds)} answered {dict(report.patch_statuses)}",
-        f"crashes (exited without a kill, restarted) {chaos.cluster.crashes}",
+        f"exits without a kill (restarted) {chaos.cluster.crashes}",
         f"accepted={verdict.accepted} dead={verdict.dead} skipped={verdict.skipped} "
         f"early={verdict.early} planned_twice={verdict.planned_twice} "
         f"misplanned={verdict.misplanned} unknown={verdict.unknown} "
@@ -128,7 +142,9 @@ def main(argv: list[str]) -> int:
         migrated = cluster.migrate()
         if migrated:
             raise SetupFailed(f"db migrate failed: {migrated}")
-        chaos = Chaos(profile, seed, cluster, services.database_url(name), started)
+        chaos = Chaos(
+            profile, seed, cluster, services.database_url(name), started, args.rabbitmq_node
+        )
         say(started, f"chaos {profile.name}: seed {seed}, database {name}, vhost {vhost}")
         try:
             verdict = asyncio.run(chaos.drive())

@@ -20,6 +20,8 @@ SCRIPT = str(Path(sys.executable).parent / "birthday-scheduler")
 # Variables of the caller's environment that would configure the service behind the run's back.
 _OWNED_PREFIXES = ("DATABASE_", "RABBITMQ_", "MESSAGE_SERVICE_", "SIMULATOR_", "API_TOKENS")
 _OWNED = {"HOST", "PORT", "METRICS_PORT", "LOG_LEVEL", "LOG_FORMAT"}
+# A process that exits sooner than this after its start failed to start (see `supervise`).
+STARTUP_S = 20.0
 
 
 def free_port() -> int:
@@ -45,10 +47,16 @@ class Member:
     generation: int = 0
     # Set while the run holds it down on purpose (killed, waiting for its restart).
     held_down: bool = False
+    started_at: float = 0.0
 
     @property
     def name(self) -> str:
         return f"{self.role}{self.slot}"
+
+    @property
+    def ops_base(self) -> str:
+        """Where its /ready answers: the ops port of a worker or scheduler, the API's port."""
+        return f"http://127.0.0.1:{self.env.get('METRICS_PORT') or self.env['PORT']}"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -77,6 +85,7 @@ class Cluster:
                 [SCRIPT, command], env=member.env, stdout=sink, stderr=subprocess.STDOUT
             )
         member.held_down = False
+        member.started_at = time.monotonic()
 
     def migrate(self) -> str:
         """`birthday-scheduler db migrate` on the run's database; "" or what went wrong."""
@@ -99,17 +108,23 @@ class Cluster:
         self.exit_codes.append((member.name, process.wait(timeout=10)))
         return True
 
-    def supervise(self) -> list[str]:
-        """Start again every process that exited without being killed; the slots restarted."""
+    def supervise(self) -> list[tuple[str, float]]:
+        """Start again every process that exited without being killed: (slot, seconds it ran).
+
+        One that exits within seconds of its start (the broker or database it needs is still
+        down) is a start-up failure, as a Kubernetes crash loop would show; one that had been
+        running is a crash. Both are counted, apart."""
         restarted = []
         for member in self.members:
             process = member.process
             if member.held_down or process is None or process.poll() is None:
                 continue
+            uptime = time.monotonic() - member.started_at
             self.exit_codes.append((member.name, process.returncode))
-            self.crashes[member.name] = self.crashes.get(member.name, 0) + 1
+            kind = "failed_start" if uptime < STARTUP_S else "crashed"
+            self.crashes[f"{member.name} {kind}"] = self.crashes.get(f"{member.name} {kind}", 0) + 1
             self.start(member)
-            restarted.append(member.name)
+            restarted.append((member.name, uptime))
         return restarted
 
     def stop_all(self, grace_s: float = 15.0) -> None:

@@ -61,8 +61,8 @@ SMALL = Profile(
 
 FULL = Profile(
     name="full",
-    waves=4,
-    per_wave=500,
+    waves=5,
+    per_wave=400,
     worker_kills=14,
     scheduler_kills=6,
     rabbitmq_restarts=2,
@@ -71,7 +71,7 @@ FULL = Profile(
     patch_weights=(0.4, 0.35, 0.25),
     busy_s=15,
     drain_s=240,
-    worker_concurrency=10,
+    worker_concurrency=20,
     simulator_latency_ms="20-300",
 )
 

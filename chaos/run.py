@@ -25,6 +25,8 @@ SCHEDULERS = WORKERS = 2
 CREATE_CONCURRENCY = 16
 # Users are created at no less than this rate here (measured: several hundred a second).
 CREATE_RATE_FLOOR = 80.0
+# A kill waits at most this long for every replica of its role to be ready.
+KILL_WAIT_S = 30.0
 # PATCHes go out this long after a wave's instant, while its messages are in flight.
 PATCH_DELAY_S = 1.5
 
@@ -74,6 +76,7 @@ class Chaos:
     cluster: Cluster
     database_url: str
     started: float
+    whole_rabbitmq_node: bool = False
     rng: random.Random = field(init=False)
     report: Report = field(default_factory=Report)
     expectations: dict[str, Expectation] = field(default_factory=dict)
@@ -117,8 +120,7 @@ class Chaos:
             self.cluster.start(member)
         api_base = f"http://127.0.0.1:{api_port}"
         for member in members:
-            port = member.env.get("METRICS_PORT") or member.env["PORT"]
-            await _poll(_ready(api, f"http://127.0.0.1:{port}"), 60, f"{member.name} /ready")
+            await _poll(_ready(api, member.ops_base), 60, f"{member.name} /ready")
         return api_base, sim_base
 
     async def create_users(self, api: Api, ledger: Ledger) -> list[PlannedUser]:
@@ -153,32 +155,42 @@ class Chaos:
 
     # --- faults ------------------------------------------------------------------------------
 
-    async def run_faults(self, first: datetime, plan: list[Fault]) -> None:
+    async def run_faults(self, api: Api, first: datetime, plan: list[Fault]) -> None:
         for fault in plan:
             await _until(first + timedelta(seconds=fault.at_s))
             if fault.action in ("kill_worker", "kill_scheduler"):
-                role = fault.action.removeprefix("kill_")
-                victims = [m for m in self.cluster.of_role(role) if m.alive()]
-                if not victims:
-                    continue
-                victim = self.rng.choice(victims)
-                if self.cluster.kill(victim):
-                    self.report.faults[fault.action] += 1
-                    self.say(f"SIGKILL {victim.name}, back in {fault.down_s:.1f}s")
-                    task = asyncio.create_task(self._restart_later(victim, fault.down_s))
-                    self._restarting.add(task)
-                    task.add_done_callback(self._restarting.discard)
+                await self._kill(api, fault.action.removeprefix("kill_"), fault)
                 continue
-            restart = (
-                services.restart_rabbitmq
-                if fault.action == "restart_rabbitmq"
-                else services.restart_postgres
-            )
             self.say(f"{fault.action} ...")
-            took = await asyncio.to_thread(restart)
+            if fault.action == "restart_rabbitmq":
+                took = await asyncio.to_thread(services.restart_rabbitmq, self.whole_rabbitmq_node)
+            else:
+                took = await asyncio.to_thread(services.restart_postgres)
             self.report.faults[fault.action] += 1
             self.report.outage_s.setdefault(fault.action, []).append(round(took, 1))
             self.say(f"{fault.action} done in {took:.1f}s")
+
+    async def _kill(self, api: Api, role: str, fault: Fault) -> None:
+        """SIGKILL one replica of `role` once every replica of it is up and ready: one replica
+        down at a time, as a rolling failure in production, not the whole role at once."""
+        members = self.cluster.of_role(role)
+
+        async def all_ready() -> bool:
+            ready = [m.alive() and await api.ready(m.ops_base) for m in members]
+            return all(ready)
+
+        try:
+            await _poll(all_ready, KILL_WAIT_S, f"{role}s ready")
+        except SetupFailed:
+            self.report.notes.append(f"{fault.action} at {fault.at_s:.0f}s skipped: {role} not up")
+            return
+        victim = self.rng.choice(members)
+        if self.cluster.kill(victim):
+            self.report.faults[fault.action] += 1
+            self.say(f"SIGKILL {victim.name}, back in {fault.down_s:.1f}s")
+            task = asyncio.create_task(self._restart_later(victim, fault.down_s))
+            self._restarting.add(task)
+            task.add_done_callback(self._restarting.discard)
 
     async def _restart_later(self, member: Member, delay: float) -> None:
         await asyncio.sleep(delay)
@@ -186,8 +198,8 @@ class Chaos:
 
     async def supervise(self) -> None:
         while True:
-            for name in self.cluster.supervise():
-                self.say(f"{name} exited by itself; started again")
+            for name, uptime in self.cluster.supervise():
+                self.say(f"{name} exited by itself after {uptime:.0f}s; started again")
             await asyncio.sleep(1)
 
     async def progress(self, ledger: Ledger) -> None:
@@ -253,7 +265,7 @@ class Chaos:
             ]
             try:
                 await asyncio.gather(
-                    self.run_faults(waves[0], plan),
+                    self.run_faults(api, waves[0], plan),
                     *(
                         self.patch_wave(
                             api, ledger, [u for u in users if u.instant == wave],
