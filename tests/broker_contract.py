@@ -71,11 +71,14 @@ async def check_a_scan_holds_one_page_and_finds_a_letter_at_any_depth(broker: Br
     async with broker.scan_dead_letters(10) as scan:
         while (page := await scan.next_page()) is not None:
             assert 0 < len(page) <= 10
-            # The page is held: not ready in the queue, which still has every other letter
-            # (kept ones moved behind the unread, arrivals, the target once removed).
+            # The page is held: not ready in the queue, and at most one page is (RabbitMQ may
+            # have delivered the next letters into the rest of the window). The queue still
+            # has every other letter: kept ones moved behind the unread, arrivals, not the
+            # target once removed.
             removed = 1 if seen.count(target) else 0
-            expected_ready = 65 - removed + len(arrived) - len(page)
-            assert await broker.queue_depth(DEAD_LETTER_QUEUE) == expected_ready
+            total = 65 - removed + len(arrived)
+            ready = await broker.queue_depth(DEAD_LETTER_QUEUE)
+            assert total - 10 <= ready <= total - len(page), (ready, total, len(page))
             seen.extend(dead.message_id for dead in page)
             if target in seen[-len(page) :]:
                 await scan.remove([target])

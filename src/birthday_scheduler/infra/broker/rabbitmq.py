@@ -19,9 +19,10 @@ consumer on that same connection could then not ack, the queue could not drain, 
 could not clear.
 
 Channels: one for the topology, one with publisher confirms (which also moves the dead letters
-a DLQ scan keeps to the tail), one for DLQ reads (basic.get holds unacked messages there), one
-per consumer subscription (on the consumer's connection), and a short-lived one per passive
-declare (ping, queue_depth), because a failed one closes its channel.
+a DLQ scan keeps to the tail), one for DLQ reads (a peek's basic.get and a scan's consumer hold
+unacked messages there), one per consumer subscription (on the consumer's connection), and a
+short-lived one per passive declare (ping, queue_depth), because a failed one closes its
+channel.
 """
 
 from __future__ import annotations

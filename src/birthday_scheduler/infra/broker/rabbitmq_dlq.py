@@ -1,16 +1,17 @@
-"""Reading the RabbitMQ dead-letter queue without a consumer: peek, scan in pages, purge.
+"""Reading the RabbitMQ dead-letter queue without a worker: peek, scan in pages, purge.
 
 AMQP has no "peek": a peek takes messages with basic.get (unacked) and hands them all back
 at the end with one nack(requeue=True). The DLQ is a classic queue, which puts requeued
 messages back at their original positions, so a peek leaves the order as it found it.
 
-A scan reads every letter once while holding at most one page. A letter it keeps cannot be
-requeued in place (the next basic.get would return it again), so it is published again at the
-tail of the queue, confirmed, and only then acked: a crash between the two leaves a second
-copy, never none. The pass stops after the number of messages the queue held when it began
-(the first basic.get says how many are behind it), so it never reads its own moved copies, nor
-letters dead-lettered while it runs (a replayed message that fails again). A full pass is a
-rotation: the letters keep their relative order.
+A scan reads every letter once while holding at most one page: a consumer whose prefetch is
+the page size, so RabbitMQ never lets more be unacknowledged. A letter it keeps cannot be
+requeued in place (it would be delivered again at once), so it is published again at the tail
+of the queue, confirmed, and only then acked: a crash between the two leaves a second copy,
+never none. The pass stops after the number of messages the queue held when it began, so it
+never reads its own moved copies, nor letters dead-lettered while it runs (a replayed message
+that fails again). A full pass is a rotation: the letters keep their relative order. Leaving a
+pass early hands back what it holds in place.
 
 While a peek or a scan runs, the messages it holds are invisible to other readers; a lock keeps
 this process's own readers from overlapping, and `dlq` commands are run by one operator at a
@@ -78,14 +79,15 @@ class RabbitDeadLetters:
         async with self._lock:
             scan = RabbitScan(self, page_size)
             try:
+                await scan.start()
                 yield scan
             except BaseException:
                 # The original error matters more than a failed hand-back; if the channel is
                 # gone the broker has requeued the held messages itself.
                 with contextlib.suppress(BrokerError):
-                    await self._hand_back(scan.release())
+                    await scan.stop()
                 raise
-            await self._hand_back(scan.release())
+            await scan.stop()
             log.info("broker.dead_letters_scanned", read=scan.read, peak_held=scan.peak_held)
 
     async def purge(self) -> int:
@@ -168,35 +170,58 @@ class RabbitDeadLetters:
 
 
 class RabbitScan:
-    """One pass of `RabbitDeadLetters.scan` (a `DeadLetterScan`)."""
+    """One pass of `RabbitDeadLetters.scan` (a `DeadLetterScan`).
+
+    A consumer with a prefetch of one page reads the queue: RabbitMQ itself never lets more
+    than a page be unacknowledged, and deliveries stream in instead of costing a basic.get
+    round trip each. The pass ends after the messages present at its start, counted by one
+    basic.get first: a passive declare would be answered ahead of requeues this channel has
+    just made (a page handed back), and undercount.
+    """
 
     def __init__(self, owner: RabbitDeadLetters, page_size: int) -> None:
         self._owner = owner
-        # Messages left in the pass, known from the first basic.get's count of those behind it.
-        # Not from a passive declare: RabbitMQ answers that ahead of requeues still queued for
-        # the queue process (a hand-back just before), and would undercount.
-        self._remaining: int | None = None
         self._page_size = page_size
+        self._remaining = 0
+        self._deliveries: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._consumer_tag: str | None = None
         self._held: list[_Held] = []
         self.read = 0
         self.peak_held = 0
 
+    async def start(self) -> None:
+        owner, queue = self._owner, self._owner._queue
+        with owner._errors("start reading the dead-letter queue"):
+            first = await owner._get()
+            if first is None:
+                return
+            self._remaining = 1 + int(first.message_count or 0)
+            # Back at the head, where the consumer starts (same channel, so in that order).
+            await first.nack(requeue=True)
+            await queue.channel.set_qos(prefetch_count=self._page_size, timeout=owner._timeout)
+            self._consumer_tag = await queue.consume(
+                self._on_delivery, no_ack=False, timeout=owner._timeout
+            )
+
+    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+        self._deliveries.put_nowait(message)
+
     async def next_page(self) -> list[DeadLetter] | None:
         kept, self._held = self._held, []
         await self._owner._move_to_tail(kept)
-        with self._owner._errors("read the dead-letter queue"):
-            while len(self._held) < self._page_size and self._remaining != 0:
-                message = await self._owner._get()
-                if message is None:  # empty, or someone else emptied it meanwhile
-                    self._remaining = 0
-                    break
-                if self._remaining is None:
-                    self._remaining = int(message.message_count or 0)
-                else:
-                    self._remaining -= 1
-                self.read += 1
-                self._held.append((message, self._owner._read(message)))
-                self.peak_held = max(self.peak_held, len(self._held))
+        while len(self._held) < self._page_size and self._remaining > 0:
+            try:
+                message = await asyncio.wait_for(self._deliveries.get(), self._owner._timeout)
+            except TimeoutError:
+                # Fewer than counted: someone else took or purged some meanwhile.
+                log.warning("broker.dead_letters_scan_short", unread=self._remaining)
+                self._remaining = 0
+                break
+            self._remaining -= 1
+            self.read += 1
+            self._held.append((message, self._owner._read(message)))
+            # Delivered but not yet taken into a page counts as held too.
+            self.peak_held = max(self.peak_held, len(self._held) + self._deliveries.qsize())
         if not self._held:
             return None
         return [dead for _, dead in self._held if dead is not None]
@@ -212,7 +237,16 @@ class RabbitScan:
                     kept.append((message, dead))
         self._held = kept
 
-    def release(self) -> list[AbstractIncomingMessage]:
-        """Forget the held page and return its messages (to be handed back in place)."""
-        held, self._held = self._held, []
-        return [message for message, _ in held]
+    async def stop(self) -> None:
+        """Stop the consumer and hand back, in place, everything still unacknowledged: the
+        page held and whatever was delivered after it."""
+        self._held = []
+        tag, self._consumer_tag = self._consumer_tag, None
+        if tag is None:
+            return
+        owner = self._owner
+        with owner._errors("stop reading the dead-letter queue"):
+            await owner._queue.cancel(tag, timeout=owner._timeout)
+            underlay = await owner._queue.channel.get_underlay_channel()
+            # Delivery tag 0 with multiple: every message this channel still holds.
+            await underlay.basic_nack(delivery_tag=0, multiple=True, requeue=True)
