@@ -64,7 +64,7 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__.split("\n")[0])
-    parser.add_argument("--small", action="store_true", help="200 messages, about two minutes")
+    parser.add_argument("--small", action="store_true", help="200 messages, 2-3 minutes")
     parser.add_argument(
         "--no-restarts", action="store_true", help="kill processes, leave PostgreSQL and RabbitMQ"
     )

@@ -171,4 +171,7 @@ class Ledger:
             " sent_at, updated_at FROM message_logs WHERE idempotency_key = ANY($1)",
             list(keys),
         )
-        return [dict(row) for row in rows]
+        return [
+            {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+            for row in rows
+        ]

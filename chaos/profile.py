@@ -100,6 +100,8 @@ SIMULATOR_ENV = {
     "SIMULATOR_HANG_RATE": "0.05",
     "SIMULATOR_ACCEPT_THEN_HANG_RATE": "0.01",
     "SIMULATOR_HANG_S": "30",
+    # Its log of accepted deliveries is what the ledger is checked against: keep all of it.
+    "SIMULATOR_MAX_DELIVERIES": "100000",
 }
 
 

@@ -299,13 +299,16 @@ class Chaos:
             await asyncio.sleep(1)
 
     async def verdict(self, api: Api, ledger: Ledger, sim_base: str) -> Verdict:
-        verdict = judge(
-            list(self.expectations.values()),
-            await ledger.rows(),
-            await ledger.plans(),
-            await api.deliveries(sim_base),
-        )
+        deliveries = await api.deliveries(sim_base)
         self.report.stats = await api.simulator_stats(sim_base)
+        if self.report.stats.get("accepted", 0) > len(deliveries):
+            raise SetupFailed(
+                f"the simulator kept {len(deliveries)} of {self.report.stats['accepted']} "
+                "accepted deliveries: raise SIMULATOR_MAX_DELIVERIES"
+            )
+        verdict = judge(
+            list(self.expectations.values()), await ledger.rows(), await ledger.plans(), deliveries
+        )
         suspects = verdict.lost_keys + [k for keys in verdict.duplicate_keys for k in keys]
         if suspects:
             self.report.suspects = await ledger.describe(suspects[:20])
