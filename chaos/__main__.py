@@ -26,7 +26,7 @@ rest: each fault as it happens, then the counts by kind, the edits and their ans
 processes that exited by themselves, dead/skipped/early/planned-twice counts, the simulator's
 statistics, and the ledger rows of anything lost or duplicated. Exit 0 when nothing was lost,
 duplicated, sent early, planned twice, misplanned or sent to no one; 1 otherwise; 2 when the
-run could not be set up.
+run could not be set up or was interrupted.
 
 The full profile is 2,000 messages in five waves; `--small` (200 in two, a few kills, one
 restart of each service) is what the test suite runs. `--no-restarts` leaves PostgreSQL and
@@ -152,11 +152,16 @@ def main(argv: list[str]) -> int:
             cluster.stop_all()
     except (SetupFailed, Gone) as exc:
         failed_setup = str(exc)
+    except KeyboardInterrupt:
+        failed_setup = "interrupted (SIGINT or SIGTERM)"
     finally:
+        # Whatever stopped the run, the clean-up runs to its end.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         cleanup(started, name, vhost)
     wall_s = time.monotonic() - started
     if verdict is None or chaos is None:
-        say(started, f"chaos run not set up: {failed_setup}; logs kept in {logs}")
+        say(started, f"chaos run did not finish: {failed_setup}; logs kept in {logs}")
         return 2
     for line in details(chaos, verdict, wall_s):
         say(started, line)
