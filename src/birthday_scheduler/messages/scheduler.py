@@ -19,6 +19,7 @@ from birthday_scheduler.clock import Clock
 from birthday_scheduler.errors import BrokerError
 from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker
 from birthday_scheduler.infra.db import unit_of_work
+from birthday_scheduler.infra.db_faults import is_unavailable
 from birthday_scheduler.infra.logging import get_logger
 from birthday_scheduler.infra.metrics import (
     MESSAGES_ISOLATED,
@@ -218,7 +219,11 @@ class Scheduler:
             try:
                 await self.tick(self.clock.now())
             except Exception as exc:
-                log.error("scheduler.tick_failed", error=type(exc).__name__, detail=str(exc)[:300])
+                # The type only: a database error's text carries its SQL and parameters.
+                if is_unavailable(exc):
+                    log.warning("scheduler.database_unavailable", error=type(exc).__name__)
+                else:
+                    log.error("scheduler.tick_failed", error=type(exc).__name__)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)
         log.info("scheduler.stopped")
