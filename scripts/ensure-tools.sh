@@ -19,12 +19,14 @@ TOOLS=(
 )
 
 say() { printf 'ensure-tools: %s\n' "$*" >&2; }
+# On PATH and executable (bash's `command -v` also reports a file it cannot run).
+found() { local path; path=$(command -v "$1") && [ -x "$path" ]; }
 
 missing_commands=()
 packages=()
 for entry in "${TOOLS[@]}"; do
     read -r tool package _ <<<"$entry"
-    if ! command -v "$tool" >/dev/null 2>&1; then
+    if ! found "$tool"; then
         missing_commands+=("$tool")
         [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
     fi
@@ -57,7 +59,7 @@ if ! { "${as_root[@]}" apt-get update -qq &&
     exit 1
 fi
 for tool in "${missing_commands[@]}"; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
+    if ! found "$tool"; then
         say "installed ${packages[*]}, but ${tool} is still not on PATH"
         exit 1
     fi
