@@ -23,8 +23,9 @@ from chaos.profile import WAVE_GAP_S, Fault, Profile, fault_plan
 
 SCHEDULERS = WORKERS = 2
 CREATE_CONCURRENCY = 16
-# Users are created at no less than this rate here (measured: several hundred a second).
-CREATE_RATE_FLOOR = 80.0
+# Users are created at no less than this rate (measured 50-80 a second on a busy two-core
+# machine); a wave must exist before its instant.
+CREATE_RATE_FLOOR = 40.0
 # A kill waits at most this long for every replica of its role to be ready.
 KILL_WAIT_S = 30.0
 # PATCHes go out this long after a wave's instant, while its messages are in flight.
@@ -123,35 +124,44 @@ class Chaos:
             await _poll(_ready(api, member.ops_base), 60, f"{member.name} /ready")
         return api_base, sim_base
 
-    async def create_users(self, api: Api, ledger: Ledger) -> list[PlannedUser]:
+    def plan_population(self) -> list[PlannedUser]:
+        """The users of every wave; the first wave's instant is the first whole minute its
+        users can surely be created before."""
         profile = self.profile
-        setup = profile.messages / CREATE_RATE_FLOOR + 5
+        setup = profile.per_wave / CREATE_RATE_FLOOR + 5
         first = next_minute(datetime.now(UTC), timedelta(seconds=setup))
         waves = [first + timedelta(seconds=WAVE_GAP_S * k) for k in range(profile.waves)]
         tag = f"{self.seed:x}"[-8:]
-        users = plan_users(waves, [profile.per_wave] * profile.waves, tag, self.rng)
         at = ", ".join(w.strftime("%H:%M:%SZ") for w in waves)
-        self.say(f"creating {len(users)} users due at {at}")
+        self.say(f"{profile.messages} users due at {at}, {profile.per_wave} at each")
+        return plan_users(waves, [profile.per_wave] * profile.waves, tag, self.rng)
+
+    async def create_wave(self, api: Api, ledger: Ledger, wave: list[PlannedUser]) -> None:
+        """POST the wave's users, each of which must be planned at the wave's instant."""
         began = time.monotonic()
         gate = asyncio.Semaphore(CREATE_CONCURRENCY)
-        replanned = 0
+        elsewhere = 0
 
         async def create(user: PlannedUser) -> None:
-            nonlocal replanned
+            nonlocal elsewhere
             async with gate:
                 created = await api.create(user.body())
             if created is not None and _instant(created["nextMessageAt"]) != user.instant:
-                replanned += 1
+                elsewhere += 1
             self.expectations[user.email] = Expectation(user.email, frozenset({user.instant}))
 
-        await asyncio.gather(*(create(user) for user in users))
-        if datetime.now(UTC) > first - timedelta(seconds=1):
-            raise SetupFailed("users were not all created before the first wave's instant")
-        if replanned:
-            raise SetupFailed(f"{replanned} created users were not planned at their wave")
-        self.ids = await ledger.user_ids([u.email for u in users])
-        self.say(f"created {len(self.ids)} users in {time.monotonic() - began:.1f}s")
-        return users
+        await asyncio.gather(*(create(user) for user in wave))
+        number, instant = wave[0].wave, wave[0].instant
+        if datetime.now(UTC) > instant - timedelta(seconds=1):
+            raise SetupFailed(f"wave {number} was not created before its instant")
+        if elsewhere:
+            raise SetupFailed(f"{elsewhere} users of wave {number} were planned elsewhere")
+        self.ids.update(await ledger.user_ids([u.email for u in wave]))
+        self.say(f"created wave {number}: {len(wave)} users in {time.monotonic() - began:.1f}s")
+
+    async def create_waves(self, api: Api, ledger: Ledger, waves: list[list[PlannedUser]]) -> None:
+        for wave in waves:
+            await self.create_wave(api, ledger, wave)
 
     # --- faults ------------------------------------------------------------------------------
 
@@ -256,8 +266,11 @@ class Chaos:
             api = Api(http, api_base)
             ledger = Ledger(self.database_url)
             self.say("processes ready: api, 2 schedulers, 2 workers, message-service")
-            users = await self.create_users(api, ledger)
-            waves = sorted({u.instant for u in users})
+            users = self.plan_population()
+            by_wave = [[u for u in users if u.wave == k] for k in range(self.profile.waves)]
+            waves = [wave[0].instant for wave in by_wave]
+            # The first wave before anything starts; the others while the faults run.
+            await self.create_wave(api, ledger, by_wave[0])
             plan = fault_plan(self.profile, self.rng)
             background = [
                 asyncio.create_task(self.supervise()),
@@ -265,15 +278,15 @@ class Chaos:
             ]
             try:
                 await asyncio.gather(
+                    self.create_waves(api, ledger, by_wave[1:]),
                     self.run_faults(api, waves[0], plan),
                     *(
                         self.patch_wave(
-                            api, ledger, [u for u in users if u.instant == wave],
-                            waves[k + 1] if k + 1 < len(waves) else None,
+                            api, ledger, wave, waves[k + 1] if k + 1 < len(waves) else None
                         )
-                        for k, wave in enumerate(waves)
+                        for k, wave in enumerate(by_wave)
                     ),
-                )  # fmt: skip
+                )
                 await asyncio.gather(*self._restarting)
                 self.say(f"faults over ({self.report.fault_count}); draining")
                 await self.drain(ledger, waves[-1])
