@@ -50,3 +50,10 @@ async def test_every_error_is_documented_as_a_problem(client: httpx.AsyncClient)
                     }, (method, path, code)
             for code in ("429", "503"):
                 assert responses[code]["headers"]["Retry-After"]["required"] is True
+
+
+async def test_probes_document_their_503(client: httpx.AsyncClient) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    for probe in ("/health/db", "/health/queue", "/health/detailed", "/ready"):
+        assert "503" in paths[probe]["get"]["responses"], probe
+    assert "503" not in paths["/alive"]["get"]["responses"]

@@ -137,6 +137,9 @@ def build_router() -> APIRouter:
     # Once, at start-up: the files do not change under a running process.
     head = migrate.head_revision()
 
+    # These answer 503 (same body shape) while a component is down: documented for clients.
+    _DOWN: dict[int | str, dict[str, Any]] = {503: {"description": "a component is down"}}
+
     def ctx(request: Request) -> ApiContext:
         context: ApiContext = request.app.state.context
         return context
@@ -155,12 +158,12 @@ def build_router() -> APIRouter:
         }
         return _json(body, True)
 
-    @router.get("/health/db")
+    @router.get("/health/db", responses=_DOWN)
     async def health_db(request: Request) -> JSONResponse:
         db = await database(ctx(request))
         return _json(db.body(), db.healthy)
 
-    @router.get("/health/queue")
+    @router.get("/health/queue", responses=_DOWN)
     async def health_queue(request: Request) -> JSONResponse:
         context = ctx(request)
         q, c = await queue(context), consumer(context)
@@ -168,7 +171,7 @@ def build_router() -> APIRouter:
         body["status"] = "up" if q.healthy and c.healthy else "down"
         return _json(body, q.healthy and c.healthy)
 
-    @router.get("/health/detailed")
+    @router.get("/health/detailed", responses=_DOWN)
     async def health_detailed(request: Request) -> JSONResponse:
         context = ctx(request)
         db, sch, q, tick = await asyncio.gather(
@@ -189,7 +192,7 @@ def build_router() -> APIRouter:
         }
         return _json(body, healthy)
 
-    @router.get("/ready")
+    @router.get("/ready", responses=_DOWN)
     async def ready(request: Request) -> JSONResponse:
         context = ctx(request)
         db, sch, q = await asyncio.gather(database(context), schema(context, head), queue(context))
