@@ -172,8 +172,10 @@ def judge(
             continue
         finished = [r for r in rows if r.status in TERMINAL_WITH_REASON and r.last_error]
         if finished:
-            dead += sum(r.status == "dead" for r in finished[:1])
-            skipped += sum(r.status == "skipped" for r in finished[:1])
+            if finished[0].status == "dead":
+                dead += 1
+            else:
+                skipped += 1
             continue
         lost += 1
         lost_keys.extend(row.key for row in rows)
