@@ -3,8 +3,6 @@ work does, so a user and its plan are written together or not at all."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -12,6 +10,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.errors import FieldProblem, NotFoundError, ValidationProblem
+from birthday_scheduler.infra import keyset
 from birthday_scheduler.messages import planning, schedules
 from birthday_scheduler.messages.ledger import occasions
 from birthday_scheduler.messages.models import MessageLog
@@ -54,13 +53,13 @@ class UsersService:
         return _out(user, fires.get(user.id))
 
     async def list_page(self, session: AsyncSession, limit: int, cursor: str | None) -> UserPage:
-        users = await repo.page(session, limit + 1, _decode_cursor(cursor) if cursor else None)
+        users = await repo.page(session, limit + 1, keyset.decode(cursor) if cursor else None)
         more = len(users) > limit
         users = users[:limit]
         fires = await schedules.next_fire_at(session, [u.id for u in users])
         return UserPage(
             data=[_out(u, fires.get(u.id)) for u in users],
-            next_cursor=_encode_cursor(users[-1]) if more else None,
+            next_cursor=keyset.encode(users[-1].created_at, users[-1].id) if more else None,
         )
 
     async def replace(
@@ -138,25 +137,3 @@ def _out(user: User, next_message_at: datetime | None) -> UserOut:
         updated_at=user.updated_at,
         next_message_at=next_message_at,
     )
-
-
-def _encode_cursor(user: User) -> str:
-    raw = f"{user.created_at.isoformat()}|{user.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, user_id = raw.split("|")
-        instant = datetime.fromisoformat(created)
-        # Cursors carry a UTC creation time this service wrote. Anything else (another offset,
-        # a year no row can have been made in) is forged, and would overflow the driver's
-        # conversion to UTC: a 400, never a 500.
-        if instant.utcoffset() != timedelta(0) or not 1970 <= instant.year < 9000:
-            raise ValueError("not a cursor of ours")
-        return instant, uuid.UUID(user_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationProblem(
-            [FieldProblem("cursor", "is not a cursor this API returned")]
-        ) from None
