@@ -19,7 +19,19 @@ async def test_docs_and_schema(client: httpx.AsyncClient) -> None:
     paths = schema["paths"]
     assert set(paths["/users"]) == {"get", "post"}
     assert set(paths["/users/{user_id}"]) == {"get", "put", "patch", "delete"}
-    assert "get" in paths["/users/{user_id}/messages"]
+    history = paths["/users/{user_id}/messages"]["get"]
+    assert {p["name"] for p in history["parameters"]} == {
+        "user_id",
+        "kind",
+        "status",
+        "limit",
+        "cursor",
+    }
+    assert {"200", "400", "404"} <= set(history["responses"])
+    page = schema["components"]["schemas"]["MessagePage"]
+    assert set(page["properties"]) == {"data", "nextCursor"}
+    row = schema["components"]["schemas"]["MessageOut"]["properties"]
+    assert {"kind", "status", "attempts", "lastError", "scheduledAt", "sentAt"} <= set(row)
     post = paths["/users"]["post"]
     assert {"201", "400", "401", "409", "429"} <= set(post["responses"])
     assert "422" not in post["responses"]

@@ -258,7 +258,7 @@ async def test_messages_history_of_a_user(client: httpx.AsyncClient) -> None:
     user = (await client.post("/users", json=user_body())).json()
     history = await client.get(f"/users/{user['id']}/messages")
     assert history.status_code == 200
-    assert history.json() == {"data": []}
+    assert history.json() == {"data": [], "nextCursor": None}
     assert_problem(await client.get(f"/users/{uuid.uuid4()}/messages"), 404)
 
 

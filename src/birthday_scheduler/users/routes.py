@@ -12,14 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from birthday_scheduler.api.context import ApiContext
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.infra.db_faults import database_deadline
-from birthday_scheduler.users.schemas import (
-    MessageHistory,
-    MessageOut,
-    UserOut,
-    UserPage,
-    UserPatch,
-    UserWrite,
-)
+from birthday_scheduler.messages.kinds import KINDS
+from birthday_scheduler.messages.models import MessageStatus
+from birthday_scheduler.users import history
+from birthday_scheduler.users.schemas import UserOut, UserPage, UserPatch, UserWrite
 
 # How long a request may wait on the database in all (checkout, statements, commit) before
 # it is answered 503 + Retry-After: a few seconds, so a silent database never hangs clients.
@@ -97,11 +93,29 @@ def build_router(dependencies: list[object]) -> APIRouter:
         await _transaction(context, lambda s: context.users.delete(s, user_id, now))
         return Response(status_code=204)
 
-    @router.get("/{user_id}/messages", response_model=MessageHistory, responses=NOT_FOUND)
-    async def user_messages(user_id: uuid.UUID, context: Context) -> MessageHistory:
-        rows = await _transaction(context, lambda s: context.users.history(s, user_id))
-        return MessageHistory(
-            data=[MessageOut.model_validate(row, from_attributes=True) for row in rows]
-        )
+    @router.get("/{user_id}/messages", response_model=history.MessagePage, responses=NOT_FOUND)
+    async def user_messages(
+        user_id: uuid.UUID,
+        context: Context,
+        # The service checks kinds against the registry per request; the enum documents the
+        # kinds registered when the app was built.
+        kind: Annotated[
+            str | None,
+            Query(
+                max_length=32,
+                description="Only messages of this kind.",
+                json_schema_extra={"enum": sorted(KINDS)},
+            ),
+        ] = None,
+        status: Annotated[
+            MessageStatus | None, Query(description="Only messages in this status.")
+        ] = None,
+        limit: Annotated[int, Query(ge=1, le=100, description="Rows per page.")] = 20,
+        cursor: Annotated[
+            str | None, Query(max_length=200, description="`nextCursor` of the previous page.")
+        ] = None,
+    ) -> history.MessagePage:
+        query = history.HistoryQuery(kind=kind, status=status, limit=limit, cursor=cursor)
+        return await _transaction(context, lambda s: history.page(s, user_id, query))
 
     return router

@@ -154,23 +154,3 @@ class UserPage(BaseModel):
 
     data: list[UserOut]
     next_cursor: str | None
-
-
-class MessageOut(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
-
-    id: uuid.UUID
-    kind: str
-    occasion_date: date
-    status: str
-    attempts: int
-    scheduled_at: datetime
-    sent_at: datetime | None
-    last_error: str | None
-    idempotency_key: str
-    created_at: datetime
-    updated_at: datetime
-
-
-class MessageHistory(BaseModel):
-    data: list[MessageOut]

@@ -12,8 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from birthday_scheduler.errors import FieldProblem, NotFoundError, ValidationProblem
 from birthday_scheduler.infra import keyset
 from birthday_scheduler.messages import planning, schedules
-from birthday_scheduler.messages.ledger import occasions
-from birthday_scheduler.messages.models import MessageLog
 from birthday_scheduler.users import repository as repo
 from birthday_scheduler.users.models import User
 from birthday_scheduler.users.schemas import UserOut, UserPage, UserPatch, UserWrite
@@ -106,10 +104,6 @@ class UsersService:
         if not await repo.soft_delete(session, user_id, now):
             raise NotFoundError("No live user has this id.")
         await planning.forget_user(session, user_id, now)
-
-    async def history(self, session: AsyncSession, user_id: uuid.UUID) -> list[MessageLog]:
-        await _live(session, user_id)
-        return await occasions.history(session, user_id, limit=100)
 
 
 async def _live(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User:

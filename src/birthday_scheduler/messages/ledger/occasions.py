@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import Table, delete, or_, select, update
+from sqlalchemy import Table, delete, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql import ColumnElement
 
@@ -52,14 +52,28 @@ async def started_years(session: AsyncSession, user_id: uuid.UUID, kind: str) ->
     return years | set(purged.scalars())
 
 
-async def history(session: AsyncSession, user_id: uuid.UUID, limit: int) -> list[MessageLog]:
-    rows = await session.execute(
-        select(MessageLog)
-        .where(MessageLog.user_id == user_id)
-        .order_by(MessageLog.scheduled_at.desc())
-        .limit(limit)
-    )
-    return list(rows.scalars())
+async def history(
+    session: AsyncSession,
+    user_id: uuid.UUID,
+    *,
+    kind: str | None,
+    status: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[MessageLog]:
+    """A user's rows, newest scheduled first, keyset-paginated on (scheduled_at, id) descending.
+
+    A user has a few rows a year, all reached through the (user_id, kind, occasion_date) unique
+    index, so filtering and sorting them needs no index of its own."""
+    stmt = select(MessageLog).where(MessageLog.user_id == user_id)
+    if kind is not None:
+        stmt = stmt.where(MessageLog.kind == kind)
+    if status is not None:
+        stmt = stmt.where(MessageLog.status == status)
+    if after is not None:
+        stmt = stmt.where(tuple_(MessageLog.scheduled_at, MessageLog.id) < tuple_(*after))
+    stmt = stmt.order_by(MessageLog.scheduled_at.desc(), MessageLog.id.desc()).limit(limit)
+    return list((await session.execute(stmt)).scalars())
 
 
 async def purge_finished(session: AsyncSession, older_than: datetime, limit: int) -> int:
