@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from birthday_scheduler.errors import ConfigurationError
+from birthday_scheduler.messages.kinds import KINDS, Texts, check_template
 
 LogLevel = Literal["debug", "info", "warn", "error", "fatal"]
 EMBEDDED_DATABASE_PATH = Path("var") / "birthday-scheduler.sqlite3"
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     forwarded_allow_ips: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1",)
     shutdown_grace_s: float = Field(30.0, ge=0, le=3_600)
 
+    # Message text per kind (MESSAGE_TEMPLATE_<KIND>); unset: the kind's default text.
+    message_template_birthday: str | None = Field(None, min_length=1, max_length=1000)
+    message_template_anniversary: str | None = Field(None, min_length=1, max_length=1000)
+
     log_level: LogLevel = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -77,6 +82,16 @@ class Settings(BaseSettings):
                 raise ValueError("must be a wall-clock time without an offset, e.g. 09:00")
             return parsed
         return value
+
+    @field_validator("message_template_birthday", "message_template_anniversary")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        return None if value is None else check_template(value)
+
+    def message_texts(self) -> Texts:
+        """Each kind's text: MESSAGE_TEMPLATE_<KIND> when set, else the kind's default."""
+        templates = {kind: getattr(self, f"message_template_{kind}", None) for kind in KINDS}
+        return Texts({kind: text for kind, text in templates.items() if text})
 
     @field_validator("api_tokens", mode="before")
     @classmethod

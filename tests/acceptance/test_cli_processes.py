@@ -127,7 +127,7 @@ def test_db_commands_on_sqlite(tmp_path: Path) -> None:
     assert status.returncode == 0
     assert json.loads(status.stdout)["upToDate"] is True
     assert run("rollback").returncode == 0
-    assert json.loads(run("status").stdout)["current"] == "0004"  # one step back from head
+    assert json.loads(run("status").stdout)["current"] == "0005"  # one step back from head
     assert run("rollback", "--to", "base").returncode == 0
     assert json.loads(run("status").stdout)["current"] is None
     assert run("migrate").returncode == 0

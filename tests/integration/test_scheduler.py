@@ -24,8 +24,7 @@ from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.infra.broker.base import MAIN_QUEUE
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.db import unit_of_work
-from birthday_scheduler.messages import kinds, schedules
-from birthday_scheduler.messages.kinds import MessageKind
+from birthday_scheduler.messages import schedules
 from birthday_scheduler.messages.ledger import claims, planned, publishing
 from birthday_scheduler.messages.models import MessageLog, MessageSchedule, MessageStatus
 from birthday_scheduler.messages.planning import ledger_id, plan_due
@@ -415,25 +414,20 @@ async def test_sending_row_whose_lease_passed_is_handed_back_as_queued(
 
 # --- a second kind --------------------------------------------------------------------------
 
-ANNIVERSARY = MessageKind(
-    name="anniversary",
-    # Stands in for a per-user date a real kind would add to PlanningFacts.
-    anchor=lambda facts: date(2015, 9, 12),
-    render=lambda r: f"Happy anniversary, {r.first_name} {r.last_name}",
-)
-
 
 async def test_a_new_kind_is_planned_and_published_by_the_same_scheduler(
     client: httpx.AsyncClient,
     resources: runtime.Resources,
     scheduler: Scheduler,
     clock: FakeClock,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setitem(kinds.KINDS, ANNIVERSARY.name, ANNIVERSARY)
     clock.set(datetime(2026, 6, 30, 12, tzinfo=UTC))
-    user = await create_user(client)
+    user = await create_user(client, anniversaryDate="2015-09-12")
     assert user["nextMessageAt"] == "2026-07-01T09:00:00Z"  # the earlier of the two kinds
+    assert user["nextMessages"] == [
+        {"kind": "birthday", "at": "2026-07-01T09:00:00Z"},
+        {"kind": "anniversary", "at": "2026-09-12T09:00:00Z"},
+    ]
 
     assert (await scheduler.tick(SEND)).planned == 1
     [birthday] = await ledger(resources, str(user["id"]))

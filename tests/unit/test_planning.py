@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import uuid
 from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
 from birthday_scheduler.messages import kinds
-from birthday_scheduler.messages.kinds import MessageKind, PlanningFacts, Recipient
+from birthday_scheduler.messages.kinds import Recipient
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.planning import PlanningPolicy, ledger_id, plan_due
 from birthday_scheduler.messages.schedules import DueSchedule, ScheduleAdvance
@@ -31,6 +32,8 @@ def due(
     timezone: str | None = None,
     offset: int | None = 0,
     user_id: uuid.UUID | None = None,
+    anniversary: date | None = None,
+    send_time: time | None = None,
 ) -> DueSchedule:
     return DueSchedule(
         user_id=user_id or uuid.uuid4(),
@@ -40,6 +43,8 @@ def due(
         date_of_birth=born,
         timezone=timezone,
         timezone_offset_minutes=offset,
+        anniversary_date=anniversary,
+        send_local_time=send_time,
     )
 
 
@@ -193,33 +198,15 @@ def test_nothing_due_plans_nothing() -> None:
 WEDDING = date(2015, 9, 12)
 
 
-def _anniversary_anchor(facts: PlanningFacts) -> date | None:
-    # Stands in for a per-user wedding date: a real kind would read a new PlanningFacts field.
-    # Users born after 2000 have none here, which is how a kind says "no such occasion".
-    return WEDDING if facts.date_of_birth.year <= 2000 else None
-
-
-ANNIVERSARY = MessageKind(
-    name="anniversary",
-    anchor=_anniversary_anchor,
-    render=lambda r: f"Happy anniversary, {r.first_name} {r.last_name}",
-)
-
-
-@pytest.fixture
-def with_anniversary(monkeypatch: pytest.MonkeyPatch) -> MessageKind:
-    monkeypatch.setitem(kinds.KINDS, ANNIVERSARY.name, ANNIVERSARY)
-    return ANNIVERSARY
-
-
-def test_an_anniversary_kind_plans_alongside_birthdays(with_anniversary: MessageKind) -> None:
+def test_an_anniversary_plans_alongside_birthdays_from_its_own_date() -> None:
     user = uuid.uuid4()
-    birthday = due(user_id=user)
+    birthday = due(user_id=user, anniversary=WEDDING)
     anniversary = due(
         user_id=user,
         kind="anniversary",
         occasion=date(2026, 9, 12),
         fire=datetime(2026, 9, 12, 9, tzinfo=UTC),
+        anniversary=WEDDING,
     )
     plan = plan_due([birthday, anniversary], POLICY, datetime(2026, 9, 12, 9, 0, 1, tzinfo=UTC))
 
@@ -236,21 +223,41 @@ def test_an_anniversary_kind_plans_alongside_birthdays(with_anniversary: Message
     )
     assert advances["birthday"].occasion_date == date(2027, 7, 1)
     assert plan.dropped == []
-    recipient = Recipient("Ada", "Lovelace", "ada@example.com")
-    assert kinds.kind_named("anniversary").render(recipient) == "Happy anniversary, Ada Lovelace"
 
 
-def test_a_kind_the_user_has_no_occasion_for_is_dropped(with_anniversary: MessageKind) -> None:
-    young = due(born=date(2004, 1, 1), kind="anniversary", occasion=date(2026, 9, 12))
-    plan = plan_due([young], POLICY, datetime(2026, 9, 12, 9, tzinfo=UTC))
-    assert plan.dropped == [(young.user_id, "anniversary")]
+def test_a_users_own_send_time_moves_next_years_instant() -> None:
+    schedule = due(send_time=time(7, 30), fire=datetime(2026, 7, 1, 7, 30, tzinfo=UTC))
+    plan = plan_due([schedule], POLICY, datetime(2026, 7, 1, 7, 30, 1, tzinfo=UTC))
+    assert plan.advances[0].next_fire_at == datetime(2027, 7, 1, 7, 30, tzinfo=UTC)
+
+
+def test_a_kind_the_user_has_no_occasion_for_is_dropped() -> None:
+    single = due(kind="anniversary", occasion=date(2026, 9, 12), anniversary=None)
+    plan = plan_due([single], POLICY, datetime(2026, 9, 12, 9, tzinfo=UTC))
+    assert plan.dropped == [(single.user_id, "anniversary")]
     assert plan.rows == []
+    assert plan.dead == []  # no anniversary is not a failure
 
 
-def test_without_the_definition_the_anniversary_is_unknown() -> None:
-    assert "anniversary" not in kinds.KINDS  # the fixture's patch did not leak
+def test_each_kind_has_its_text_and_a_template_overrides_it() -> None:
+    ada = Recipient("Ada", "Lovelace", "ada@example.com")
+    assert kinds.DEFAULT_TEXTS.render("birthday", ada) == "Hey, Ada Lovelace it's your birthday"
+    assert kinds.DEFAULT_TEXTS.render("anniversary", ada) == "Hey, Ada Lovelace happy anniversary"
+    custom = kinds.Texts({"anniversary": "Congratulations, {firstName}!"})
+    assert custom.render("anniversary", ada) == "Congratulations, Ada!"
+    assert custom.render("birthday", ada) == "Hey, Ada Lovelace it's your birthday"
     with pytest.raises(LookupError):
-        kinds.kind_named("anniversary")
-    assert kinds.kind_named("birthday").render(Recipient("Test", "User", "t@example.com")) == (
-        "Hey, Test User it's your birthday"
-    )
+        custom.render("retired_kind", ada)
+
+
+@pytest.mark.parametrize(
+    ("template", "reason"),
+    [
+        ("Hi {email}", "unknown placeholder {email}"),
+        ("Hi {firstName.__class__}", "unknown placeholder"),
+        ("Hi {firstName", "is not a valid template"),
+    ],
+)
+def test_a_template_with_an_unknown_placeholder_is_refused(template: str, reason: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        kinds.check_template(template)

@@ -29,7 +29,7 @@ from birthday_scheduler.infra.metrics import (
     MESSAGES_ISOLATED,
     MESSAGES_PROCESSED,
 )
-from birthday_scheduler.messages.kinds import Recipient, kind_named
+from birthday_scheduler.messages.kinds import DEFAULT_TEXTS, Recipient, Texts
 from birthday_scheduler.messages.ledger import claims
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.sweep import late_reason
@@ -60,6 +60,7 @@ class DeliveryWorker:
     # mid-call leaves its row `sending` this long, then the sweep publishes it again.
     lease: timedelta
     catch_up_window: timedelta
+    texts: Texts = DEFAULT_TEXTS  # each kind's message text (MESSAGE_TEMPLATE_<KIND>)
     rng: random.Random = field(default_factory=random.Random)
 
     async def handle(self, message_id: uuid.UUID) -> None:
@@ -109,8 +110,8 @@ class DeliveryWorker:
             )
             return False
         try:
-            text = kind_named(claimed.kind).render(
-                Recipient(claimed.first_name, claimed.last_name, claimed.email)
+            text = self.texts.render(
+                claimed.kind, Recipient(claimed.first_name, claimed.last_name, claimed.email)
             )
         except Exception as exc:  # e.g. a kind no longer registered: it never will render
             await self._isolate(claimed, f"cannot be rendered: {_detail(exc)}")

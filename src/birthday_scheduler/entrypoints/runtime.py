@@ -140,6 +140,7 @@ def build_worker(resources: Resources, sender: Sender, breaker: CircuitBreaker) 
         ),
         lease=sending_lease(s),
         catch_up_window=timedelta(hours=s.catch_up_window_hours),
+        texts=s.message_texts(),
         rng=random.Random(),  # noqa: S311 - jitter, not security
     )
 

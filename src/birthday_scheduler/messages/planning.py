@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
@@ -53,25 +53,37 @@ class PlanningPolicy:
 
 
 def facts_of(
-    date_of_birth: date, timezone: str | None, timezone_offset_minutes: int | None
+    date_of_birth: date,
+    timezone: str | None,
+    timezone_offset_minutes: int | None,
+    anniversary_date: date | None = None,
+    send_local_time: time | None = None,
 ) -> PlanningFacts:
-    return PlanningFacts(date_of_birth=date_of_birth, zone=_zone(timezone, timezone_offset_minutes))
+    return PlanningFacts(
+        date_of_birth=date_of_birth,
+        zone=_zone(timezone, timezone_offset_minutes),
+        anniversary_date=anniversary_date,
+        send_time=send_local_time,
+    )
 
 
 # A due wave looks up the same few hundred zones thousands of times.
 _zone = lru_cache(maxsize=4096)(zone_for)
 
 
-def _first_open_occurrence(
+def first_open_occurrence(
     kind: MessageKind,
     facts: PlanningFacts,
-    send_time: time,
+    default_send_time: time,
     now: datetime,
-    done_years: set[int],
+    done_years: Collection[int] = (),
 ) -> Occurrence | None:
+    """Pure: the kind's first occurrence at or after `now` in a year not in `done_years`, at the
+    user's own send time or the default; None when the user has no such occasion."""
     anchor = kind.anchor(facts)
     if anchor is None:
         return None
+    send_time = facts.send_time or default_send_time
     occurrence = next_occurrence(anchor, facts.zone, send_time, now)
     while occurrence.local_date.year in done_years:
         occurrence = occurrence_in_year(
@@ -84,26 +96,38 @@ async def plan_user(
     session: AsyncSession,
     user_id: uuid.UUID,
     facts: PlanningFacts,
+    enabled: Collection[str],
     policy: PlanningPolicy,
     now: datetime,
     *,
-    replan: bool = False,
-) -> datetime | None:
-    """Plan (or re-plan) every kind for one user; returns the next instant a message fires.
+    replan: Collection[str] | None = None,
+) -> None:
+    """Plan every kind of a new user, or re-plan the kinds named in `replan` after an edit.
 
-    A re-plan first cancels messages on which no attempt was made, and never plans a year whose
-    occasion has started (sent, or an attempt made): one message per kind per year, whatever the
-    edits. It takes the user's schedules first, so a tick that holds them (and may be writing
-    this year's row) commits before the re-plan looks at the ledger.
+    A kind the user turned off, or whose date the user does not have, gets no schedule. A
+    re-plan first cancels that kind's messages on which no attempt was made, and never plans a
+    year whose occasion has started (sent, or an attempt made): one message per kind per year,
+    whatever the edits. It takes the user's schedules first, so a tick that holds them (and may
+    be writing this year's row) commits before the re-plan looks at the ledger.
     """
-    if replan:
+    kinds = [kind for kind in KINDS.values() if replan is None or kind.name in replan]
+    if replan is not None:
+        if not kinds:
+            return
         await schedules.lock_user_schedules(session, user_id)
-        await occasions.cancel_unstarted(session, user_id, now)
-    fires: list[datetime] = []
-    for kind in KINDS.values():
-        done = await occasions.started_years(session, user_id, kind.name) if replan else set()
-        occurrence = _first_open_occurrence(kind, facts, policy.send_time, now, done)
+        for kind in kinds:
+            await occasions.cancel_unstarted(session, user_id, now, kind=kind.name)
+    for kind in kinds:
+        occurrence = None
+        if kind.name in enabled:
+            done = (
+                await occasions.started_years(session, user_id, kind.name)
+                if replan is not None
+                else set()
+            )
+            occurrence = first_open_occurrence(kind, facts, policy.send_time, now, done)
         if occurrence is None:
+            await schedules.drop_schedules(session, [(user_id, kind.name)])
             continue
         await schedules.upsert_schedule(
             session,
@@ -111,8 +135,6 @@ async def plan_user(
                 user_id, kind.name, occurrence.instant, occurrence.local_date
             ),
         )
-        fires.append(occurrence.instant)
-    return min(fires, default=None)
 
 
 async def forget_user(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
@@ -156,11 +178,18 @@ def plan_due(
             if kind is None:
                 raise UnplannableError(f"kind {schedule.kind!r} is not registered")
             zone = _planning_zone(schedule.timezone, schedule.timezone_offset_minutes)
-            anchor = kind.anchor(PlanningFacts(schedule.date_of_birth, zone))
+            anchor = kind.anchor(
+                PlanningFacts(schedule.date_of_birth, zone, schedule.anniversary_date)
+            )
             if anchor is None:
                 plan.dropped.append((schedule.user_id, schedule.kind))
                 continue
-            following = occurrence_in_year(anchor, zone, send_time, schedule.occasion_date.year + 1)
+            following = occurrence_in_year(
+                anchor,
+                zone,
+                schedule.send_local_time or send_time,
+                schedule.occasion_date.year + 1,
+            )
         except Exception as exc:  # one bad row is isolated; the rest of the batch goes on
             plan.dropped.append((schedule.user_id, schedule.kind))
             plan.dead.append((_row(schedule, row_id, MessageStatus.DEAD, None), _reason(exc)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, time
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
@@ -13,7 +13,6 @@ from sqlalchemy import (
     Table,
     bindparam,
     delete,
-    func,
     select,
     update,
 )
@@ -37,6 +36,8 @@ class DueSchedule(NamedTuple):
     date_of_birth: date
     timezone: str | None
     timezone_offset_minutes: int | None
+    anniversary_date: date | None
+    send_local_time: time | None
 
 
 class ScheduleAdvance(NamedTuple):
@@ -80,18 +81,21 @@ async def drop_schedules(session: AsyncSession, keys: Sequence[tuple[uuid.UUID, 
         )
 
 
-async def next_fire_at(
+async def next_messages(
     session: AsyncSession, user_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, datetime]:
-    """The earliest planned instant per user, over all kinds."""
+) -> dict[uuid.UUID, list[tuple[str, datetime]]]:
+    """Each user's planned (kind, instant) pairs, earliest first."""
     if not user_ids:
         return {}
     rows = await session.execute(
-        select(MessageSchedule.user_id, func.min(MessageSchedule.next_fire_at))
+        select(MessageSchedule.user_id, MessageSchedule.kind, MessageSchedule.next_fire_at)
         .where(MessageSchedule.user_id.in_(user_ids))
-        .group_by(MessageSchedule.user_id)
+        .order_by(MessageSchedule.next_fire_at, MessageSchedule.kind)
     )
-    return {user_id: fire for user_id, fire in rows.all()}
+    planned: dict[uuid.UUID, list[tuple[str, datetime]]] = {}
+    for user_id, kind, fire in rows.all():
+        planned.setdefault(user_id, []).append((kind, fire))
+    return planned
 
 
 def _claim_due_statement() -> Select[Any]:
@@ -105,6 +109,8 @@ def _claim_due_statement() -> Select[Any]:
             u.date_of_birth,
             u.timezone,
             u.timezone_offset_minutes,
+            u.anniversary_date,
+            u.send_local_time,
         )
         .join(_users, u.id == s.user_id)
         .where(s.next_fire_at <= bindparam("now", type_=s.next_fire_at.type))

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from datetime import date, datetime, time
 
-from sqlalchemy import CheckConstraint, Date, Index, Integer, String, Uuid, func, text
+from sqlalchemy import JSON, CheckConstraint, Date, Index, Integer, String, Time, Uuid, func, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from birthday_scheduler.infra.orm import Base, UTCDateTime
@@ -25,6 +25,12 @@ class User(Base):
     date_of_birth: Mapped[date] = mapped_column(Date)
     timezone: Mapped[str | None] = mapped_column(String(TIMEZONE_MAX))
     timezone_offset_minutes: Mapped[int | None] = mapped_column(Integer)
+    anniversary_date: Mapped[date | None] = mapped_column(Date)
+    # The user's own local send time; NULL means SEND_LOCAL_TIME.
+    send_local_time: Mapped[time | None] = mapped_column(Time)
+    # Kinds the user turned off or on explicitly, e.g. {"anniversary": false}; a kind not
+    # named here is on.
+    notifications: Mapped[dict[str, bool]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -12,9 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from birthday_scheduler.errors import FieldProblem, NotFoundError, ValidationProblem
 from birthday_scheduler.infra import keyset
 from birthday_scheduler.messages import planning, schedules
+from birthday_scheduler.messages.kinds import KINDS
 from birthday_scheduler.users import repository as repo
 from birthday_scheduler.users.models import User
-from birthday_scheduler.users.schemas import UserOut, UserPage, UserPatch, UserWrite
+from birthday_scheduler.users.schemas import NextMessage, UserOut, UserPage, UserPatch, UserWrite
 
 # The earliest calendar date anywhere on Earth is UTC+14, so "today" reaches that far ahead.
 _EARLIEST_ZONE = timedelta(hours=14)
@@ -25,8 +26,9 @@ class UsersService:
     policy: planning.PlanningPolicy
 
     async def create(self, session: AsyncSession, body: UserWrite, now: datetime) -> UserOut:
-        _check_birth_date(body.date_of_birth, now)
+        _check_dates(body.date_of_birth, body.anniversary_date, now)
         user_id = uuid.uuid4()
+        notifications = body.notifications or {}
         await repo.insert_user(
             session,
             {
@@ -37,33 +39,44 @@ class UsersService:
                 "date_of_birth": body.date_of_birth,
                 "timezone": body.timezone,
                 "timezone_offset_minutes": body.timezone_offset,
+                "anniversary_date": body.anniversary_date,
+                "send_local_time": body.send_local_time,
+                "notifications": notifications,
                 "created_at": now,
                 "updated_at": now,
             },
         )
-        facts = planning.facts_of(body.date_of_birth, body.timezone, body.timezone_offset)
-        await planning.plan_user(session, user_id, facts, self.policy, now)
+        facts = planning.facts_of(
+            body.date_of_birth,
+            body.timezone,
+            body.timezone_offset,
+            body.anniversary_date,
+            body.send_local_time,
+        )
+        await planning.plan_user(session, user_id, facts, _enabled(notifications), self.policy, now)
         return await self.get(session, user_id)
 
     async def get(self, session: AsyncSession, user_id: uuid.UUID) -> UserOut:
         user = await _live(session, user_id)
-        fires = await schedules.next_fire_at(session, [user.id])
-        return _out(user, fires.get(user.id))
+        planned = await schedules.next_messages(session, [user.id])
+        return _out(user, planned.get(user.id, []))
 
     async def list_page(self, session: AsyncSession, limit: int, cursor: str | None) -> UserPage:
         users = await repo.page(session, limit + 1, keyset.decode(cursor) if cursor else None)
         more = len(users) > limit
         users = users[:limit]
-        fires = await schedules.next_fire_at(session, [u.id for u in users])
+        planned = await schedules.next_messages(session, [u.id for u in users])
         return UserPage(
-            data=[_out(u, fires.get(u.id)) for u in users],
+            data=[_out(u, planned.get(u.id, [])) for u in users],
             next_cursor=keyset.encode(users[-1].created_at, users[-1].id) if more else None,
         )
 
     async def replace(
         self, session: AsyncSession, user_id: uuid.UUID, body: UserWrite, now: datetime
     ) -> UserOut:
-        return await self._change(session, user_id, body.model_dump(), now)
+        whole = body.model_dump()
+        whole["notifications"] = body.notifications or {}  # PUT is whole: unnamed kinds are on
+        return await self._change(session, user_id, whole, now, merge=False)
 
     async def patch(
         self, session: AsyncSession, user_id: uuid.UUID, body: UserPatch, now: datetime
@@ -74,30 +87,44 @@ class UsersService:
             changes["timezone_offset"] = None
         elif "timezone_offset" in changes:
             changes["timezone"] = None
-        return await self._change(session, user_id, changes, now)
+        return await self._change(session, user_id, changes, now, merge=True)
 
     async def _change(
-        self, session: AsyncSession, user_id: uuid.UUID, changes: dict[str, object], now: datetime
+        self,
+        session: AsyncSession,
+        user_id: uuid.UUID,
+        changes: dict[str, object],
+        now: datetime,
+        *,
+        merge: bool,
     ) -> UserOut:
         user = await _live(session, user_id, lock=True)
         values = {
             ("timezone_offset_minutes" if key == "timezone_offset" else key): value
             for key, value in changes.items()
         }
-        if "date_of_birth" in values:
-            assert isinstance(values["date_of_birth"], date)
-            _check_birth_date(values["date_of_birth"], now)
-        replan = any(
-            key in values and values[key] != getattr(user, key)
-            for key in ("date_of_birth", "timezone", "timezone_offset_minutes")
-        )
+        if merge and "notifications" in values:  # PATCH: kinds not named keep their setting
+            assert isinstance(values["notifications"], dict)
+            values["notifications"] = {**user.notifications, **values["notifications"]}
+        birth = values.get("date_of_birth", user.date_of_birth)
+        anniversary = values.get("anniversary_date", user.anniversary_date)
+        assert isinstance(birth, date)
+        assert isinstance(anniversary, date | None)
+        _check_dates(birth, anniversary, now)
+        changed = {key for key, value in values.items() if value != getattr(user, key)}
+        replan = _kinds_to_replan(changed, user.notifications, values.get("notifications"))
         await repo.update_user(session, user_id, {**values, "updated_at": now})
         await session.refresh(user)  # the UPDATE bypassed the identity map
-        if replan:
-            facts = planning.facts_of(
-                user.date_of_birth, user.timezone, user.timezone_offset_minutes
-            )
-            await planning.plan_user(session, user_id, facts, self.policy, now, replan=True)
+        facts = planning.facts_of(
+            user.date_of_birth,
+            user.timezone,
+            user.timezone_offset_minutes,
+            user.anniversary_date,
+            user.send_local_time,
+        )
+        await planning.plan_user(
+            session, user_id, facts, _enabled(user.notifications), self.policy, now, replan=replan
+        )
         return await self.get(session, user_id)
 
     async def delete(self, session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
@@ -113,12 +140,38 @@ async def _live(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False
     return user
 
 
-def _check_birth_date(value: date, now: datetime) -> None:
-    if value > (now + _EARLIEST_ZONE).date():
-        raise ValidationProblem([FieldProblem("dateOfBirth", "must not be in the future")])
+def _check_dates(date_of_birth: date, anniversary_date: date | None, now: datetime) -> None:
+    today_somewhere = (now + _EARLIEST_ZONE).date()
+    problems = [
+        FieldProblem(field, "must not be in the future")
+        for field, value in (("dateOfBirth", date_of_birth), ("anniversaryDate", anniversary_date))
+        if value is not None and value > today_somewhere
+    ]
+    if problems:
+        raise ValidationProblem(problems)
 
 
-def _out(user: User, next_message_at: datetime | None) -> UserOut:
+def _enabled(notifications: dict[str, bool]) -> set[str]:
+    """The kinds a user receives: every kind unless turned off."""
+    return {kind for kind in KINDS if notifications.get(kind, True)}
+
+
+# Changing the zone or the send time moves every kind's instant.
+_EVERY_KIND = frozenset({"timezone", "timezone_offset_minutes", "send_local_time"})
+
+
+def _kinds_to_replan(changed: set[str], before: dict[str, bool], after: object) -> set[str]:
+    """The kinds an edit moves: those whose date, zone or send time changed, and those turned
+    on or off. Other kinds keep their plan (a queued message of theirs is not disturbed)."""
+    if changed & _EVERY_KIND:
+        return set(KINDS)
+    kinds = {name for name, kind in KINDS.items() if changed & kind.reads}
+    if "notifications" in changed and isinstance(after, dict):
+        kinds |= {k for k in KINDS if before.get(k, True) != after.get(k, True)}
+    return kinds
+
+
+def _out(user: User, planned: list[tuple[str, datetime]]) -> UserOut:
     return UserOut(
         id=user.id,
         first_name=user.first_name,
@@ -129,5 +182,9 @@ def _out(user: User, next_message_at: datetime | None) -> UserOut:
         timezone_offset=user.timezone_offset_minutes,
         created_at=user.created_at,
         updated_at=user.updated_at,
-        next_message_at=next_message_at,
+        anniversary_date=user.anniversary_date,
+        send_local_time=user.send_local_time.strftime("%H:%M") if user.send_local_time else None,
+        notifications={kind: user.notifications.get(kind, True) for kind in KINDS},
+        next_messages=[NextMessage(kind=kind, at=at) for kind, at in planned],
+        next_message_at=planned[0][1] if planned else None,
     )

@@ -23,12 +23,18 @@ _started_occasions = cast(Table, StartedOccasion.__table__)
 _UNSTARTED = (S.PENDING, S.QUEUED)
 
 
-async def cancel_unstarted(session: AsyncSession, user_id: uuid.UUID, now: datetime) -> int:
+async def cancel_unstarted(
+    session: AsyncSession, user_id: uuid.UUID, now: datetime, *, kind: str | None = None
+) -> int:
+    """Cancel the user's messages (of one kind, or all) on which no attempt was made."""
     c = _ledger.c
+    stmt = update(_ledger).where(
+        c.user_id == user_id, c.status.in_([s.value for s in _UNSTARTED]), c.attempts == 0
+    )
+    if kind is not None:
+        stmt = stmt.where(c.kind == kind)
     result = await session.execute(
-        update(_ledger)
-        .where(c.user_id == user_id, c.status.in_([s.value for s in _UNSTARTED]), c.attempts == 0)
-        .values(status=S.CANCELLED.value, lease_until=None, updated_at=now)
+        stmt.values(status=S.CANCELLED.value, lease_until=None, updated_at=now)
     )
     return rowcount(result)
 
