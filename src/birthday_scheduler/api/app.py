@@ -12,6 +12,8 @@ from birthday_scheduler.api.middleware import BodyGuardMiddleware, Observability
 from birthday_scheduler.api.openapi import openapi_document
 from birthday_scheduler.api.problems import install_problem_handlers
 from birthday_scheduler.api.security import RateLimiter, TokenAuth
+from birthday_scheduler.console.router import PREFIX as CONSOLE
+from birthday_scheduler.console.router import build_router as console_router
 from birthday_scheduler.users.routes import build_router as users_router
 
 DESCRIPTION = """Sends every user a birthday message at 09:00 in their own time zone, exactly once.
@@ -40,7 +42,12 @@ def create_app(context: ApiContext) -> FastAPI:
     ]
     app.include_router(users_router(guards))
     app.include_router(health.build_router())
-    app.add_middleware(BodyGuardMiddleware, max_body_bytes=context.settings.max_body_bytes)
+    app.include_router(console_router(context))  # /admin: signs in and guards on its own
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_body_bytes=context.settings.max_body_bytes,
+        form_prefixes=(CONSOLE + "/",),
+    )
     app.add_middleware(ObservabilityMiddleware)
     # Outermost: everything inside (logs, the rate limit) sees the client, not the proxy. The
     # app does this itself (uvicorn's copy is off) so one validated setting decides, under any

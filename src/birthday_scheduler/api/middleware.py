@@ -85,11 +85,15 @@ def _route_template(scope: Scope) -> str:
 
 
 class BodyGuardMiddleware:
-    """413 for bodies over the limit (declared or streamed), 415 for bodies that are not JSON."""
+    """413 for bodies over the limit (declared or streamed), 415 for bodies that are not JSON
+    (or, under `form_prefixes`, not a urlencoded form either: the console's plain HTML forms)."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, form_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.form_prefixes = form_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
@@ -101,7 +105,10 @@ class BodyGuardMiddleware:
             await self._reject(scope, send, _too_large(self.max_body_bytes))
             return
         content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
-        if not (content_type == "application/json" or content_type.endswith("+json")):
+        is_form = content_type == "application/x-www-form-urlencoded" and str(
+            scope.get("path", "")
+        ).startswith(self.form_prefixes)
+        if not (content_type == "application/json" or content_type.endswith("+json") or is_form):
             problem = ProblemError(
                 415, "Unsupported Media Type", "Send the body as application/json."
             )
