@@ -25,7 +25,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# System tools the suite runs (promtool), installed with apt-get when missing; see the script.
+# System tools the suite runs (promtool, prometheus, chromium), installed with apt-get when
+# missing; see the script.
 .PHONY: tools
 tools:
 	scripts/ensure-tools.sh

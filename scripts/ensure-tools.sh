@@ -16,6 +16,7 @@ set -euo pipefail
 TOOLS=(
     "promtool   prometheus  tests/deploy: checks the alert rules and runs their unit tests"
     "prometheus prometheus  tests/acceptance/test_prometheus_scrape.py: scrapes the processes"
+    "chromium   chromium    tests/browser: the operator console driven by Playwright, headless"
 )
 
 say() { printf 'ensure-tools: %s\n' "$*" >&2; }

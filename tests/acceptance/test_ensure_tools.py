@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "ensure-tools.sh"
-TOOLS = ("promtool", "prometheus")
+TOOLS = ("promtool", "prometheus", "chromium")
 
 
 def stub(directory: Path, name: str, body: str) -> None:
@@ -79,11 +79,11 @@ def test_installs_the_missing_package_once_non_interactively(bin_dir: Path) -> N
     assert first.returncode == 0, first.stderr
     assert calls.read_text().splitlines() == [
         "noninteractive update -qq",
-        "noninteractive install -y -qq --no-install-recommends prometheus",
+        "noninteractive install -y -qq --no-install-recommends prometheus chromium",
     ]
     assert first.stderr.splitlines() == [
-        "ensure-tools: installing prometheus for promtool prometheus",
-        "ensure-tools: installed prometheus",
+        "ensure-tools: installing prometheus chromium for promtool prometheus chromium",
+        "ensure-tools: installed prometheus chromium",
     ]
 
     again = run(bin_dir)
@@ -97,9 +97,9 @@ def test_says_what_to_install_when_not_root(bin_dir: Path) -> None:
     result = run(bin_dir)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "ensure-tools: missing promtool prometheus (Debian: apt-get install "
-        "--no-install-recommends prometheus): not root and no password-less sudo; install "
-        "them as root, then run make test again"
+        "ensure-tools: missing promtool prometheus chromium (Debian: apt-get install "
+        "--no-install-recommends prometheus chromium): not root and no password-less sudo; "
+        "install them as root, then run make test again"
     ]
 
 
@@ -115,9 +115,12 @@ def test_says_so_when_the_install_fails(bin_dir: Path) -> None:
     result = run(bin_dir)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert lines[0] == "ensure-tools: installing prometheus for promtool prometheus"
+    assert lines[0] == (
+        "ensure-tools: installing prometheus chromium for promtool prometheus chromium"
+    )
     assert lines[1] == (
-        "ensure-tools: could not install prometheus (no network or no package mirror?); "
+        "ensure-tools: could not install prometheus chromium (no network or no package "
+        "mirror?); "
         "last lines of apt-get:"
     )
     assert "E: Unable to locate package prometheus" in lines[2:]
