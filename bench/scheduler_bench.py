@@ -188,6 +188,8 @@ async def _legacy_write_tick_plan(
     rows: Sequence[planned.NewLedgerRow],
     advances: Sequence[schedules.ScheduleAdvance],
     now: datetime,
+    *,
+    skip_reason: str | None = None,  # the first repository had none: the same signature only
 ) -> list[tuple[uuid.UUID, MessageStatus]]:
     written = await _legacy_insert_ledger_rows(session, rows, now)
     await _legacy_advance_schedules(session, advances)

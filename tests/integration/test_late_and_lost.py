@@ -306,3 +306,53 @@ async def test_workers_down_for_a_day_leave_one_copy_of_each_row_in_the_queue(
     every_row = sorted(r.id for r in await rows(resources))
     assert sorted(refilled) == every_row
     assert sorted(service.accepted) == sorted(str(row_id) for row_id in every_row)
+
+
+async def test_a_row_skipped_when_planned_says_why(
+    client: httpx.AsyncClient, resources: runtime.Resources, scheduler: Scheduler, clock: FakeClock
+) -> None:
+    clock.set(EVE)
+    await create(client)
+
+    await scheduler.tick(SEND + timedelta(hours=73))  # the scheduler was down for three days
+
+    [row] = await rows(resources)
+    assert row.status == "skipped"
+    assert row.last_error is not None
+    assert "catch-up window" in row.last_error
+
+
+async def test_a_killed_workers_redelivered_copy_is_the_only_copy(
+    client: httpx.AsyncClient,
+    resources: runtime.Resources,
+    scheduler: Scheduler,
+    worker: DeliveryWorker,
+    service: Recorder,
+    clock: FakeClock,
+) -> None:
+    """The broker hands a killed worker's unacked message back to the queue; when the row's
+    lease runs out the sweep must not publish a second copy beside it."""
+    clock.set(EVE)
+    await create(client)
+    clock.set(SEND)
+    await scheduler.tick(SEND)
+    broker = resources.require_broker()
+    [message_id] = await drain_queue(broker)
+    service.hang = True
+    killed = asyncio.create_task(worker.handle(message_id))
+    await asyncio.wait_for(service.entered.wait(), timeout=5)
+    killed.cancel()
+    await asyncio.gather(killed, return_exceptions=True)
+    await broker.publish([message_id])  # the broker's redelivery, waiting for a worker
+
+    clock.set(SEND + timedelta(minutes=5))
+    report = await scheduler.tick(clock.now())
+
+    assert report.republished == 0
+    assert await broker.queue_depth(MAIN_QUEUE) == 1
+    [row] = await rows(resources)
+    assert (row.status, row.attempts) == ("queued", 1)  # handed back, its attempt counted
+    service.hang = False
+    [copy] = await drain_queue(broker)
+    await worker.handle(copy)
+    assert service.accepted == [str(message_id)]

@@ -38,6 +38,9 @@ from birthday_scheduler.messages.sweep import StaleRow, late_reason, plan_sweep
 log = get_logger(__name__)
 
 
+# A row in these states may have a copy in the queue (published, or redelivered after its
+# worker died): the sweep asks the broker before publishing another.
+_BROKER_MAY_HOLD = (MessageStatus.QUEUED, MessageStatus.SENDING)
 # Health calls a scheduler stale after a minute without a heartbeat; a few seconds is plenty.
 HEARTBEAT_EVERY = timedelta(seconds=5)
 
@@ -115,7 +118,13 @@ class Scheduler:
             written: list[tuple[uuid.UUID, MessageStatus]] = []
             if due:
                 plan = plan_due(due, policy, now)
-                written = await new_rows.write_tick_plan(session, plan.rows, plan.advances, now)
+                written = await new_rows.write_tick_plan(
+                    session,
+                    plan.rows,
+                    plan.advances,
+                    now,
+                    skip_reason=late_reason(policy.catch_up_window),
+                )
                 await schedules.drop_schedules(session, plan.dropped)
                 reasons = {row.id: reason for row, reason in plan.dead}
                 dead = [
@@ -155,9 +164,10 @@ class Scheduler:
         )
 
     async def _queue_has_backlog(self, stale: list[StaleRow]) -> bool:
-        """Whether the main queue still holds messages; asked only when a `queued` row's lease
-        ran out. Unknown (broker unreachable) counts as a backlog: publishing would fail too."""
-        if not any(row.status == MessageStatus.QUEUED for row in stale):
+        """Whether the main queue still holds messages; asked only when the lease of a row the
+        broker may hold ran out. Unknown (broker unreachable) counts as a backlog: publishing
+        would fail too."""
+        if not any(row.status in _BROKER_MAY_HOLD for row in stale):
             return False
         try:
             return await self.broker.queue_depth(MAIN_QUEUE) > 0

@@ -21,8 +21,9 @@ class StaleRow(NamedTuple):
 @dataclass(frozen=True)
 class SweepPlan:
     republish: list[uuid.UUID] = field(default_factory=list)
-    # `queued` rows whose lease ran out while the queue still holds a backlog: the broker most
-    # likely holds them too, so their lease is renewed instead of adding a second copy.
+    # `queued` and `sending` rows whose lease ran out while the queue still holds a backlog:
+    # the broker most likely holds their copy (published, or redelivered after a worker died),
+    # so they are handed back as `queued` with a renewed lease instead of a second copy.
     keep_waiting: list[uuid.UUID] = field(default_factory=list)
     late: list[uuid.UUID] = field(default_factory=list)
 
@@ -34,19 +35,21 @@ def plan_sweep(
 
     - Past the catch-up window: skipped, never sent days late. A `sending` row is handed back
       instead (its worker may still answer); the worker's claim then skips it.
-    - `queued`, while the queue is not empty: kept waiting. A confirmed publish to a durable
-      queue is not lost while the queue holds messages, and re-publishing at every lease would
-      grow the queue without bound while the workers are down. Once the queue is empty, a
-      `queued` row past its lease is truly lost (a purged queue) and is published again.
-    - Everything else (unpublished `pending`, a killed worker's `sending`, a `failed` row whose
-      retry is due) is published again.
+    - `queued` or `sending`, while the queue is not empty: kept waiting. A confirmed publish to
+      a durable queue is not lost while the queue holds messages, a killed worker's unacked
+      message is redelivered by the broker, and re-publishing at every lease would grow the
+      queue without bound while the workers are down. Once the queue is empty, such a row past
+      its lease has no copy left (a purged queue, a redelivery dropped while the row was still
+      leased) and is published again.
+    - Everything else (unpublished `pending`, a `failed` row whose retry is due) is published
+      again.
     """
     plan = SweepPlan()
     on_time_since = now - catch_up_window
     for row in rows:
         if row.scheduled_at < on_time_since and row.status != MessageStatus.SENDING:
             plan.late.append(row.id)
-        elif row.status == MessageStatus.QUEUED and queue_has_backlog:
+        elif row.status in (MessageStatus.QUEUED, MessageStatus.SENDING) and queue_has_backlog:
             plan.keep_waiting.append(row.id)
         else:
             plan.republish.append(row.id)

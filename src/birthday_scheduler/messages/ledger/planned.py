@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import NamedTuple
 
-from sqlalchemy import Date, DateTime, String, Uuid, and_, bindparam, null, text
+from sqlalchemy import Date, DateTime, String, Uuid, and_, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,9 +30,14 @@ class NewLedgerRow(NamedTuple):  # a tuple: a due wave builds one per user (see 
 
 
 async def insert_ledger_rows(
-    session: AsyncSession, rows: Sequence[NewLedgerRow], now: datetime
+    session: AsyncSession,
+    rows: Sequence[NewLedgerRow],
+    now: datetime,
+    *,
+    skip_reason: str | None = None,
 ) -> list[tuple[uuid.UUID, MessageStatus]]:
-    """Insert planned rows; returns (id, status) of the rows written.
+    """Insert planned rows; returns (id, status) of the rows written. A `skipped` row carries
+    `skip_reason` as its last error (why it was never sent).
 
     A row that already exists for (user, kind, date) means "already planned" and is left
     alone, unless it was cancelled by a re-plan that came back to the same date: then it is
@@ -49,6 +54,7 @@ async def insert_ledger_rows(
             "idempotency_key": str(row.id),
             "status": row.status.value,
             "attempts": 0,
+            "last_error": skip_reason if row.status == S.SKIPPED else None,
             "scheduled_at": row.scheduled_at,
             "not_before": row.scheduled_at,
             "lease_until": row.lease_until,
@@ -64,9 +70,7 @@ async def insert_ledger_rows(
         set_={
             "status": revived.status,
             "attempts": 0,
-            # null(), not None: a None here becomes a bound parameter in the SET clause, and
-            # SQLAlchemy then sends the upsert one row at a time instead of in batches.
-            "last_error": null(),
+            "last_error": revived.last_error,
             "scheduled_at": revived.scheduled_at,
             "not_before": revived.not_before,
             "lease_until": revived.lease_until,
@@ -87,14 +91,16 @@ async def write_tick_plan(
     rows: Sequence[NewLedgerRow],
     advances: Sequence[schedules.ScheduleAdvance],
     now: datetime,
+    *,
+    skip_reason: str | None = None,
 ) -> list[tuple[uuid.UUID, MessageStatus]]:
     """A tick's plan: the ledger rows (as insert_ledger_rows) and each schedule moved on to its
     next occurrence. Returns (id, status) of the ledger rows written."""
     if not rows and not advances:
         return []
     if session.get_bind().dialect.name == "postgresql":
-        return await _write_tick_plan_from_arrays(session, rows, advances, now)
-    written = await insert_ledger_rows(session, rows, now)
+        return await _write_tick_plan_from_arrays(session, rows, advances, now, skip_reason)
+    written = await insert_ledger_rows(session, rows, now, skip_reason=skip_reason)
     await schedules.advance_schedules(
         session, advances, [(row.scheduled_at, row.occasion_date) for row in rows]
     )
@@ -120,13 +126,14 @@ _WRITE_TICK_PLAN_FROM_ARRAYS = text(
           AND s.next_fire_at = v.scheduled_at AND s.occasion_date = v.occasion_date
     )
     INSERT INTO message_logs (id, user_id, kind, occasion_date, idempotency_key, status,
-                              attempts, scheduled_at, not_before, lease_until, created_at,
-                              updated_at)
+                              attempts, last_error, scheduled_at, not_before, lease_until,
+                              created_at, updated_at)
     SELECT v.id, v.user_id, v.kind, v.occasion_date, v.id::text, v.status, 0,
+           CASE WHEN v.status = 'skipped' THEN CAST(:skip_reason AS VARCHAR) END,
            v.scheduled_at, v.scheduled_at, v.lease_until, :now, :now
     FROM v
     ON CONFLICT (user_id, kind, occasion_date) DO UPDATE
-    SET status = excluded.status, attempts = 0, last_error = NULL,
+    SET status = excluded.status, attempts = 0, last_error = excluded.last_error,
         scheduled_at = excluded.scheduled_at, not_before = excluded.not_before,
         lease_until = excluded.lease_until, updated_at = excluded.updated_at
     WHERE message_logs.status = 'cancelled' AND message_logs.attempts = 0
@@ -134,6 +141,7 @@ _WRITE_TICK_PLAN_FROM_ARRAYS = text(
     """
 ).bindparams(
     bindparam("now", type_=DateTime(timezone=True)),
+    bindparam("skip_reason", type_=String()),
     bindparam("ids", type_=ARRAY(Uuid())),
     bindparam("user_ids", type_=ARRAY(Uuid())),
     bindparam("kinds", type_=ARRAY(String())),
@@ -151,6 +159,7 @@ async def _write_tick_plan_from_arrays(
     rows: Sequence[NewLedgerRow],
     advances: Sequence[schedules.ScheduleAdvance],
     now: datetime,
+    skip_reason: str | None,
 ) -> list[tuple[uuid.UUID, MessageStatus]]:
     # plan_due gives each due schedule one row and one advance, in the same order.
     if len(rows) != len(advances):
@@ -162,6 +171,7 @@ async def _write_tick_plan_from_arrays(
         _WRITE_TICK_PLAN_FROM_ARRAYS,
         {
             "now": now,
+            "skip_reason": skip_reason,
             "ids": ids,
             "user_ids": user_ids,
             "kinds": kinds,

@@ -164,7 +164,13 @@ async def apply_sweep(
         lease_until=now + publish_grace,
         updated_at=now,
     )
-    await update_ids(session, plan.keep_waiting, lease_until=now + queue_lease, updated_at=now)
+    await update_ids(
+        session,
+        plan.keep_waiting,
+        status=case((c.status == S.SENDING.value, S.QUEUED.value), else_=c.status),
+        lease_until=now + queue_lease,
+        updated_at=now,
+    )
     await update_ids(
         session,
         plan.late,
