@@ -14,6 +14,7 @@ from birthday_scheduler.api.problems import install_problem_handlers
 from birthday_scheduler.api.security import RateLimiter, TokenAuth
 from birthday_scheduler.console.router import PREFIX as CONSOLE
 from birthday_scheduler.console.router import build_router as console_router
+from birthday_scheduler.infra import migrate
 from birthday_scheduler.users.routes import build_router as users_router
 
 DESCRIPTION = """Sends every user a birthday message at 09:00 in their own time zone, exactly once.
@@ -41,8 +42,9 @@ def create_app(context: ApiContext) -> FastAPI:
         Depends(TokenAuth(tokens)),
     ]
     app.include_router(users_router(guards))
-    app.include_router(health.build_router())
-    app.include_router(console_router(context))  # /admin: signs in and guards on its own
+    head = migrate.head_revision()  # once: the probes and the console compare with it
+    app.include_router(health.build_router(head))
+    app.include_router(console_router(context, head))  # /admin: signs in and guards itself
     app.add_middleware(
         BodyGuardMiddleware,
         max_body_bytes=context.settings.max_body_bytes,

@@ -132,10 +132,12 @@ def _json(body: dict[str, Any], healthy: bool) -> JSONResponse:
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-def build_router() -> APIRouter:
+def build_router(head: str | None = None) -> APIRouter:
+    """`head` is the schema revision this code ships with, read from the migration files once
+    per app (here when not given): the files do not change under a running process."""
     router = APIRouter(tags=["operations"])
-    # Once, at start-up: the files do not change under a running process.
-    head = migrate.head_revision()
+    if head is None:
+        head = migrate.head_revision()
 
     # These answer 503 (same body shape) while a component is down: documented for clients.
     _DOWN: dict[int | str, dict[str, Any]] = {503: {"description": "a component is down"}}

@@ -26,7 +26,6 @@ from birthday_scheduler.console import session as sessions
 from birthday_scheduler.console.views import dead_letters, overview, users
 from birthday_scheduler.delivery import dlq
 from birthday_scheduler.errors import NotFoundError, ProblemError
-from birthday_scheduler.infra import migrate
 from birthday_scheduler.infra.broker.base import Broker
 from birthday_scheduler.infra.logging import get_logger
 
@@ -80,7 +79,7 @@ async def _form(request: Request) -> dict[str, str]:
 class Console:
     """What the routes share: the templates, the session signer and the open/guarded mode."""
 
-    def __init__(self, context: ApiContext) -> None:
+    def __init__(self, context: ApiContext, schema_head: str) -> None:
         self.tokens = tuple(t.get_secret_value() for t in context.settings.api_tokens)
         # No tokens: the API is open too, which start-up allows only on loopback (or when
         # ALLOW_UNAUTHENTICATED says so); the console still uses a session, for CSRF.
@@ -88,7 +87,7 @@ class Console:
         key = sessions.key_from_tokens(self.tokens) if self.tokens else sessions.random_key()
         self.signer = sessions.Signer(key)
         self.env = _templates()
-        self.head = migrate.head_revision()
+        self.head = schema_head
 
     @staticmethod
     def context(request: Request) -> ApiContext:
@@ -154,8 +153,9 @@ def _broker(context: ApiContext) -> Broker:
     return context.broker
 
 
-def build_router(context: ApiContext) -> APIRouter:
-    console = Console(context)
+def build_router(context: ApiContext, schema_head: str) -> APIRouter:
+    """`schema_head`: the revision the health probes compare with, read once by the app."""
+    console = Console(context, schema_head)
     statics = _static_files()
     limit = Depends(RateLimiter(context.settings.rate_limit_per_minute))
     router = APIRouter(prefix=PREFIX, include_in_schema=False, dependencies=[limit])
