@@ -94,6 +94,8 @@ def details(chaos: Chaos, verdict: Verdict, wall_s: float) -> list[str]:
     ]
     if verdict.duplicate_keys:
         lines.append(f"duplicated occasions (keys): {verdict.duplicate_keys[:10]}")
+    if verdict.latest:
+        lines.append(f"latest (s, key): {[(round(s, 1), k) for s, k in verdict.latest]}")
     for row in report.suspects:
         lines.append(f"ledger {row}")
     return lines

@@ -85,6 +85,8 @@ class Verdict:
     # Ledger keys of the lost and the duplicated (ids only: no address, no name), for the report.
     lost_keys: list[str] = field(default_factory=list)
     duplicate_keys: list[list[str]] = field(default_factory=list)
+    # The latest accepted deliveries: (seconds late, ledger key), latest first.
+    latest: list[tuple[float, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -131,6 +133,7 @@ def judge(
     lost_keys: list[str] = []
     duplicate_keys: list[list[str]] = []
     late: list[float] = []
+    late_keys: list[tuple[float, str]] = []
 
     for email, accepted in accepted_by_email.items():
         expectation = expected.get(email)
@@ -145,6 +148,7 @@ def judge(
             if delivery.time < found.scheduled_at or delivery.time < min(expectation.instants):
                 early += 1
             late.append((delivery.time - found.scheduled_at).total_seconds())
+            late_keys.append((late[-1], found.key))
 
     for expectation in expectations:
         rows = rows_by_email.get(expectation.email, [])
@@ -196,6 +200,7 @@ def judge(
         accepted=len(late),
         lost_keys=lost_keys,
         duplicate_keys=duplicate_keys,
+        latest=sorted(late_keys, reverse=True)[:3],
     )
 
 

@@ -323,6 +323,7 @@ class Chaos:
             list(self.expectations.values()), await ledger.rows(), await ledger.plans(), deliveries
         )
         suspects = verdict.lost_keys + [k for keys in verdict.duplicate_keys for k in keys]
+        suspects += [key for _, key in verdict.latest]
         if suspects:
             self.report.suspects = await ledger.describe(suspects[:20])
         return verdict

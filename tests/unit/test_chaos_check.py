@@ -56,6 +56,7 @@ def test_a_clean_run_counts_nothing_and_reports_lateness() -> None:
     assert verdict.ok
     assert (verdict.messages, verdict.accepted, verdict.lost, verdict.duplicates) == (2, 2, 0, 0)
     assert verdict.late_p99_s == 4.0
+    assert verdict.latest == [(4.0, "k2"), (2.0, "k1")]
     assert summary_line(verdict, faults=7) == (
         "chaos: messages=2 faults=7 lost=0 duplicates=0 late_p99_s=4.0"
     )
