@@ -356,3 +356,29 @@ async def test_a_killed_workers_redelivered_copy_is_the_only_copy(
     [copy] = await drain_queue(broker)
     await worker.handle(copy)
     assert service.accepted == [str(message_id)]
+
+
+async def test_a_revived_occasion_is_not_published_beside_its_queued_copy(
+    client: httpx.AsyncClient, resources: runtime.Resources, scheduler: Scheduler, clock: FakeClock
+) -> None:
+    """Published, then cancelled by an edit and revived by another (the same local date): the
+    first copy still waits in the queue, so the revival must not add a second (found by the
+    model-based test)."""
+    clock.set(EVE)
+    user_id = await create(client, timezoneOffset=120)  # 09:00 at +02:00 is 07:00Z
+    first_send = datetime(2026, 7, 1, 7, tzinfo=UTC)
+    await scheduler.tick(first_send)
+    broker = resources.require_broker()
+    assert await broker.queue_depth(MAIN_QUEUE) == 1  # nobody has taken it yet
+
+    for offset in (-300, 0):  # west (cancelled), then back to a zone whose 09:00 is ahead
+        clock.set(first_send + timedelta(minutes=30))
+        response = await client.patch(f"/users/{user_id}", json={"timezoneOffset": offset})
+        assert response.status_code == 200, response.text
+    # Revived (same id, queued again) but not published: the queue still holds its copy.
+    assert (await scheduler.tick(SEND)).planned == 0
+
+    assert await broker.queue_depth(MAIN_QUEUE) == 1
+    [row] = await rows(resources)
+    assert row.status == "queued"
+    assert await drain_queue(broker) == [row.id]

@@ -116,8 +116,10 @@ class Scheduler:
         async with unit_of_work(self.sessions) as session:
             due = await schedules.claim_due_schedules(session, now, self.batch_size)
             written: list[tuple[uuid.UUID, MessageStatus]] = []
+            revived: set[uuid.UUID] = set()
             if due:
                 plan = plan_due(due, policy, now)
+                revived = await new_rows.revivable(session, [row.id for row in plan.rows])
                 written = await new_rows.write_tick_plan(
                     session,
                     plan.rows,
@@ -147,6 +149,10 @@ class Scheduler:
                 late_reason=late_reason(policy.catch_up_window),
             )
         planned_ids = [row_id for row_id, status in written if status == MessageStatus.QUEUED]
+        if revived & set(planned_ids) and await self._backlog():
+            # A revived row's copy from before its cancel may still wait in the queue: publish
+            # it only into an empty queue; otherwise its lease brings it to the sweep.
+            planned_ids = [row_id for row_id in planned_ids if row_id not in revived]
         skipped = sum(1 for _, status in written if status == MessageStatus.SKIPPED)
         skipped += len(sweep.late)
         MESSAGES_PLANNED.inc(len(planned_ids))
@@ -169,6 +175,9 @@ class Scheduler:
         would fail too."""
         if not any(row.status in _BROKER_MAY_HOLD for row in stale):
             return False
+        return await self._backlog()
+
+    async def _backlog(self) -> bool:
         try:
             return await self.broker.queue_depth(MAIN_QUEUE) > 0
         except BrokerError:

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import NamedTuple
 
-from sqlalchemy import Date, DateTime, String, Uuid, and_, bindparam, text
+from sqlalchemy import Date, DateTime, String, Uuid, and_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.infra.sql import upsert
 from birthday_scheduler.messages import schedules
-from birthday_scheduler.messages.ledger.common import S
+from birthday_scheduler.messages.ledger.common import MAX_IDS_PER_STATEMENT, S
 from birthday_scheduler.messages.ledger.common import ledger_table as _ledger
 from birthday_scheduler.messages.models import MessageStatus
 
@@ -84,6 +84,20 @@ async def insert_ledger_rows(
     # thousand rows.
     result = await session.execute(stmt, params)
     return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
+
+
+async def revivable(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these rows exist cancelled with no attempt: planning them again revives them,
+    and the copy published before the cancel may still wait in the queue."""
+    c = _ledger.c
+    found: set[uuid.UUID] = set()
+    for start in range(0, len(ids), MAX_IDS_PER_STATEMENT):
+        chunk = ids[start : start + MAX_IDS_PER_STATEMENT]
+        result = await session.execute(
+            select(c.id).where(c.id.in_(chunk), c.status == S.CANCELLED.value, c.attempts == 0)
+        )
+        found.update(result.scalars())
+    return found
 
 
 async def write_tick_plan(
