@@ -1,20 +1,27 @@
 """Parts of the ledger model test (tests/integration/test_ledger_model.py) that are not rules.
 
-A scripted message service, the queue as the model sees it, and the few internal entry points
+A scripted message service, the queue as the model sees it, the few internal entry points
 the test cannot reach through the HTTP API (the retention purge): each has one adapter here, so
-an internal refactor is fixed in one place.
+an internal refactor is fixed in one place. And the model's view of a user's planning facts
+(`Facts`) and of a ledger row (`Row`); the invariants are in ledger_model_checks.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import os
+import shutil
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, tzinfo
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from birthday_scheduler.clock import Clock
@@ -24,8 +31,10 @@ from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.messages import timemath
 from birthday_scheduler.messages.ledger import occasions
+from support import drop_database, pg_admin, pg_url
 
 SEND_TIME = time(9, 0)
+WINDOW = timedelta(hours=72)  # the model's CATCH_UP_WINDOW_HOURS
 PURGE_BATCH = 10_000
 
 
@@ -84,6 +93,18 @@ class ScriptedSender:
         if behaviour is Behaviour.TIMEOUT_AFTER_ACCEPT:
             return SendResult(Outcome.RETRYABLE, None, "timed out")
         return SendResult(Outcome.RETRYABLE, 500, "HTTP 500")
+
+
+def story_order(ids: list[UUID], rows_by_user: list[dict[str, Row]]) -> list[UUID]:
+    """The queued messages in the order of their users' creation, occasion and kind, not the
+    queue's: that follows ids the server draws at random, and a story must replay the same."""
+    rank = {
+        UUID(row.id): (n, row.occasion, row.kind)
+        for n, rows in enumerate(rows_by_user)
+        for row in rows.values()
+    }
+    unknown = (len(rows_by_user), date.min, "")
+    return sorted(set(ids), key=lambda message_id: (*rank.get(message_id, unknown), message_id))
 
 
 class QueueTap:
@@ -150,32 +171,73 @@ async def purge_finished(
             return total
 
 
+BIRTHDAY = "birthday"
+ANNIVERSARY = "anniversary"
+MODEL_KINDS = (BIRTHDAY, ANNIVERSARY)
+
+
 @dataclass(frozen=True)
 class Facts:
-    """A user's birthday and zone as the API was last told them."""
+    """What a user's messages are planned from, as the API was last told it: the dates the
+    occasions recur on, the zone, and the user's own send time (None: 09:00)."""
 
     birthday: date
     zone_name: str | None
     offset: int | None
+    anniversary: date | None = None
+    send_time: time | None = None
 
     def zone(self) -> tzinfo:
         return timemath.zone_for(self.zone_name, self.offset)
 
-    def body(self) -> dict[str, Any]:
+    def anchor(self, kind: str) -> date | None:
+        """The date `kind`'s occasion recurs on, or None when the user has none."""
+        return {BIRTHDAY: self.birthday, ANNIVERSARY: self.anniversary}[kind]
+
+    def body(self, notifications: dict[str, bool] | None = None) -> dict[str, Any]:
+        """The fields of a POST or PUT; an absent anniversary, send time or notifications is
+        left out."""
         zone: dict[str, Any] = (
             {"timezone": self.zone_name}
             if self.zone_name is not None
             else {"timezoneOffset": self.offset}
         )
-        return {"dateOfBirth": self.birthday.isoformat(), **zone}
+        body = {"dateOfBirth": self.birthday.isoformat(), **zone}
+        if self.anniversary is not None:
+            body["anniversaryDate"] = self.anniversary.isoformat()
+        if self.send_time is not None:
+            body["sendLocalTime"] = self.send_time.strftime("%H:%M")
+        if notifications is not None:
+            body["notifications"] = notifications
+        return body
 
-    def occurrence(self, year: int) -> timemath.Occurrence:
-        return timemath.occurrence_in_year(self.birthday, self.zone(), SEND_TIME, year)
+    def occurrence(self, kind: str, year: int) -> timemath.Occurrence | None:
+        """`kind`'s occasion in `year` at the user's send time, or None: no such date, or the
+        date's own year or before (no message in the year of the birth or the anniversary)."""
+        anchor = self.anchor(kind)
+        if anchor is None or year <= anchor.year:
+            return None
+        return timemath.occurrence_in_year(anchor, self.zone(), self.send_time or SEND_TIME, year)
 
-    def instant_of(self, occasion: date) -> datetime | None:
-        """The 09:00-local instant of `occasion` if it is this birthday's occasion that year."""
-        occurrence = self.occurrence(occasion.year)
-        return occurrence.instant if occurrence.local_date == occasion else None
+    def instant_of(self, kind: str, occasion: date) -> datetime | None:
+        """The instant of `occasion` if it is this `kind`'s occasion that year."""
+        occurrence = self.occurrence(kind, occasion.year)
+        return occurrence.instant if occurrence and occurrence.local_date == occasion else None
+
+
+async def read_history(http: httpx.AsyncClient, user_id: str) -> dict[str, Row]:
+    """A user's rows through GET /users/{id}/messages, every page."""
+    rows: dict[str, Row] = {}
+    params: dict[str, Any] = {"limit": 100}
+    while True:
+        response = await http.get(f"/users/{user_id}/messages", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        for item in page["data"]:
+            rows[item["idempotencyKey"]] = Row.from_api(user_id, item)
+        if page["nextCursor"] is None:
+            return rows
+        params["cursor"] = page["nextCursor"]
 
 
 async def read_ledger(sessions: async_sessionmaker[AsyncSession]) -> list[Row]:
@@ -185,7 +247,7 @@ async def read_ledger(sessions: async_sessionmaker[AsyncSession]) -> list[Row]:
 
     from birthday_scheduler.messages.models import MessageLog as L
 
-    columns = (L.id, L.idempotency_key, L.user_id, L.occasion_date, L.status, L.attempts)
+    columns = (L.id, L.idempotency_key, L.user_id, L.kind, L.occasion_date, L.status, L.attempts)
     columns += (L.scheduled_at, L.updated_at, L.last_error, L.sent_at)
     async with sessions() as session:
         result = await session.execute(select(*columns))
@@ -199,6 +261,7 @@ class Row:
     id: str
     key: str
     user: str
+    kind: str
     occasion: date
     status: str
     attempts: int
@@ -217,6 +280,7 @@ class Row:
             id=item["id"],
             key=item["idempotencyKey"],
             user=user,
+            kind=item["kind"],
             occasion=date.fromisoformat(item["occasionDate"]),
             status=item["status"],
             attempts=item["attempts"],
@@ -237,3 +301,98 @@ class Row:
     def used_its_year(self) -> bool:
         """The occasion was planned for good (a tick moved the schedule past it)."""
         return self.status != "cancelled"
+
+    @property
+    def started(self) -> bool:
+        """An attempt was made: the occasion finishes under its own key, whatever the edits."""
+        return self.attempts > 0 or self.status == "sent"
+
+
+# --- what the stories draw from --------------------------------------------------------------
+
+MODEL_SETTINGS: dict[str, Any] = {
+    "rate_limit_per_minute": 0,
+    "catch_up_window_hours": int(WINDOW.total_seconds() // 3600),
+    "max_delivery_attempts": 3,
+    "retry_base_delay_ms": 1_000,
+    "retry_max_delay_ms": 60_000,
+    # The breaker waits in real time while open; it is not what this test is about.
+    "circuit_breaker_failure_threshold": 10_000,
+    "database_pool_min": 0,
+    "database_pool_max": 4,
+}
+
+# 24 February to 8 March of a leap year (29 February falls on 28 February in 2027), so
+# occasions come due inside the run; zones from UTC-12 to UTC+14.
+BIRTHDAYS = [date(1992, 2, 24) + timedelta(days=d) for d in range(14)]
+# Anniversaries on the same days: of leap and common years before, and of the run's own year
+# (no message until 2028; 2 and 5 March are refused as in the future until the clock gets
+# there, today somewhere on Earth).
+ANNIVERSARIES: list[date | None] = [
+    None,
+    date(2020, 2, 29),
+    date(2026, 2, 28),
+    date(2025, 3, 1),
+    date(2026, 3, 3),
+    date(2027, 2, 26),
+    date(2027, 3, 2),
+    date(2027, 3, 5),
+]
+# None: the default 09:00. Midnight and 23:59 move an occasion's instant a day in UTC.
+SEND_TIMES: list[time | None] = [None, time(0, 0), time(9, 0), time(17, 45), time(23, 59)]
+ZONES: list[tuple[str | None, int | None]] = [
+    ("Pacific/Kiritimati", None),
+    ("Asia/Tokyo", None),
+    ("Europe/Paris", None),
+    ("UTC", None),
+    ("America/New_York", None),
+    ("Pacific/Pago_Pago", None),
+    (None, -720),
+    (None, -300),
+    (None, 0),
+    (None, 330),
+    (None, 840),
+]
+# What a POST or PUT says of notifications (None: nothing, every kind on).
+NOTIFICATIONS: list[dict[str, bool] | None] = [
+    None,
+    {"anniversary": False},
+    {"birthday": False},
+    {"birthday": True, "anniversary": True},
+]
+
+FACTS = st.tuples(
+    st.sampled_from(BIRTHDAYS),
+    st.sampled_from(ZONES),
+    st.sampled_from(ANNIVERSARIES),
+    st.sampled_from(SEND_TIMES),
+).map(lambda drawn: Facts(drawn[0], *drawn[1], drawn[2], drawn[3]))
+
+
+def enabled_by(notifications: dict[str, bool] | None) -> frozenset[str]:
+    """The kinds on after a POST or PUT that says `notifications`: every kind not turned off."""
+    return frozenset(k for k in MODEL_KINDS if (notifications or {}).get(k, True))
+
+
+@dataclass(frozen=True)
+class Provision:
+    """Makes a fresh database per example: a PostgreSQL clone of the template, or a copy of
+    the SQLite template file."""
+
+    backend: str
+    template: str
+
+    async def create(self) -> str:
+        name = f"bs_model_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        if self.backend == "postgresql":
+            await pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
+            return pg_url(name)
+        target = Path(self.template).with_name(f"{name}.sqlite3")
+        shutil.copy(self.template, target)
+        return f"sqlite:///{target}"
+
+    async def drop(self, url: str) -> None:
+        if self.backend == "postgresql":
+            await drop_database(url.rsplit("/", 1)[1])
+        else:
+            os.remove(url.removeprefix("sqlite:///"))

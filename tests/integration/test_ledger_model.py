@@ -1,35 +1,30 @@
-"""A model-based test of the promise: one message per occasion, at 09:00 local, never twice.
+"""A model-based test of the promise: one message per occasion and kind, on time, never twice.
 
 A Hypothesis state machine drives the real pieces, assembled by entrypoints.runtime as the
 processes assemble them, on real PostgreSQL and on SQLite: users through the HTTP API
-(create, PUT, PATCH of the birthday or the zone, DELETE), a fake clock moved by seconds or by
-days, scheduler ticks (which also sweep), deliveries by the real worker to a scripted message
-service (200, 500 before or after accepting, a time-out after accepting, 400, the worker killed
-between its claim and its outcome), the retention purge and the DLQ replay.
+(create with or without an anniversary and a send time, PUT, PATCH of the birthday, the zone,
+the anniversary (set, moved, cleared), the send time (set, cleared) or one kind's notification
+(off, on), DELETE), a fake clock moved by seconds, by days or to one of the next messages'
+instants, scheduler ticks (which also sweep), deliveries by the real worker to a scripted
+message service (200, 500 before or after accepting, a time-out after accepting, 400, the
+worker killed between its claim and its outcome), the retention purge and the DLQ replay.
 
-After every step the model checks, against what the message service accepted, the users'
-nextMessageAt (GET /users) and the ledger rows (read from the table after each step, which
-keeps a step fast enough to shrink a failure; through GET /users/{id}/messages at the end):
-  * at most one accepted Idempotency-Key per (user, kind, year); redeliveries under one key
-    are fine;
-  * nothing accepted before the row's scheduled instant, nor after its catch-up window, and
-    every row's scheduled instant is 09:00 local of a birthday and zone the user had
-    (timemath's pure functions, from the model's history of the user's edits);
-  * an occasion on which an attempt was made is never cancelled by an edit;
-  * the queue never holds two copies of one row;
-  * `nextMessageAt` is the current birthday's 09:00-local instant in the current zone, of a
-    year no sent or started occasion holds, and no earlier open occasion is skipped over.
+After every step the model checks, per (user, kind), what the message service accepted, the
+users as GET /users shows them (dates, send time, notifications, nextMessages) and the ledger
+rows (read from the table after each step, which keeps a step fast enough to shrink a
+failure; through GET /users/{id}/messages at the end) against the invariants listed in
+tests/ledger_model_checks.py; and that the queue never holds two copies of one row.
 At the end, with the faults stopped: a killed worker's rows are sent within 30 s of the kill,
-and after ticks and deliveries run to quiescence every occasion of a live user ends `sent`, or
-`dead`/`skipped` with its reason (skipped only when found later than the window); none is left
-pending, queued, sending or failed.
+and after ticks and deliveries run to quiescence every occasion of a live user, of either
+kind, ends `sent`, or `dead`/`skipped` with its reason (skipped only when found later than the
+window); none is left pending, queued, sending or failed, and every next message is ahead.
 
 Steps run one at a time, so races between a tick and an edit (issue 9, items 3 and 4) are
 not explored here: their interleavings are not deterministic, and Hypothesis needs a story
 to replay the same way. tests/integration/test_started_occasions.py drives those.
 
 Size: LEDGER_MODEL_EXAMPLES (default 25) examples of up to LEDGER_MODEL_STEPS (default 30)
-steps per database, under a minute each in `make test`. A longer hunt:
+steps per database, about a minute for both in `make test`. A longer hunt:
     LEDGER_MODEL_EXAMPLES=500 LEDGER_MODEL_STEPS=60 \
         .venv/bin/pytest tests/integration/test_ledger_model.py
 Failing examples are kept in .hypothesis/ (git-ignored) and replayed first on the next run.
@@ -40,13 +35,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import uuid
 from collections import defaultdict
 from collections.abc import Coroutine
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -67,91 +61,48 @@ from birthday_scheduler.api.app import create_app
 from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.settings import Settings
+from ledger_model_checks import (
+    ModelUser,
+    check_accepted,
+    check_next_messages,
+    check_rows,
+    check_settled,
+    refused,
+)
 from ledger_model_support import (
+    ANNIVERSARIES,
+    BIRTHDAYS,
+    FACTS,
+    MODEL_KINDS,
+    MODEL_SETTINGS,
+    NOTIFICATIONS,
+    SEND_TIMES,
+    ZONES,
     Behaviour,
     Facts,
+    Provision,
     QueueTap,
     Row,
     ScriptedSender,
     WorkerKilled,
+    enabled_by,
     purge_finished,
+    read_history,
     read_ledger,
     replay_dead_letters,
+    story_order,
 )
-from support import FakeClock, drop_database, pg_admin, pg_url
+from support import FakeClock
 
 EXAMPLES = int(os.environ.get("LEDGER_MODEL_EXAMPLES", "25"))
 STEPS = int(os.environ.get("LEDGER_MODEL_STEPS", "30"))
 
-START = datetime(2027, 3, 1, 8, 0, tzinfo=UTC)
-WINDOW = timedelta(hours=72)  # CATCH_UP_WINDOW_HOURS' default
+# 27 February: the 28 February occasions (29 February's, in 2027) come due in the run too.
+START = datetime(2027, 2, 27, 8, 0, tzinfo=UTC)
 KILL_BOUND = timedelta(seconds=30)  # issue 9, item 5
 DRAIN_LIMIT = 500
 MAX_USERS = 8
-MODEL_SETTINGS: dict[str, Any] = {
-    "rate_limit_per_minute": 0,
-    "catch_up_window_hours": 72,
-    "max_delivery_attempts": 3,
-    "retry_base_delay_ms": 1_000,
-    "retry_max_delay_ms": 60_000,
-    # The breaker waits in real time while open; it is not what this test is about.
-    "circuit_breaker_failure_threshold": 10_000,
-    "database_pool_min": 0,
-    "database_pool_max": 4,
-}
-# 24 February to 8 March of a leap year (29 February falls on 28 February in 2027), so
-# occasions come due inside a run that starts on 1 March; zones from UTC-12 to UTC+14.
-BIRTHDAYS = [date(1992, 2, 24) + timedelta(days=d) for d in range(14)]
-ZONES: list[tuple[str | None, int | None]] = [
-    ("Pacific/Kiritimati", None),
-    ("Asia/Tokyo", None),
-    ("Europe/Paris", None),
-    ("UTC", None),
-    ("America/New_York", None),
-    ("Pacific/Pago_Pago", None),
-    (None, -720),
-    (None, -300),
-    (None, 0),
-    (None, 330),
-    (None, 840),
-]
 T = TypeVar("T")
-
-
-@dataclass
-class ModelUser:
-    id: str
-    email: str
-    facts: Facts
-    history: list[Facts]
-    planned_at: datetime  # the last create or re-plan
-    deleted: bool = False
-    next_message_at: datetime | None = None
-    rows: dict[str, Row] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Provision:
-    """Makes a fresh database per example: a PostgreSQL clone of the template, or a copy of
-    the SQLite template file."""
-
-    backend: str
-    template: str
-
-    async def create(self) -> str:
-        name = f"bs_model_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-        if self.backend == "postgresql":
-            await pg_admin(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"')
-            return pg_url(name)
-        target = Path(self.template).with_name(f"{name}.sqlite3")
-        shutil.copy(self.template, target)
-        return f"sqlite:///{target}"
-
-    async def drop(self, url: str) -> None:
-        if self.backend == "postgresql":
-            await drop_database(url.rsplit("/", 1)[1])
-        else:
-            os.remove(url.removeprefix("sqlite:///"))
 
 
 class LedgerModel(RuleBasedStateMachine):
@@ -166,6 +117,7 @@ class LedgerModel(RuleBasedStateMachine):
         self.clock = FakeClock(START)
         self.users: dict[str, ModelUser] = {}
         self.kills: list[tuple[uuid.UUID, datetime]] = []
+        self.accepted_checked = 0  # acceptances before this one were checked after their step
         self.stack = AsyncExitStack()
         self.url = self.loop.run_until_complete(self.provision.create())
         self.run(self._open())
@@ -223,64 +175,92 @@ class LedgerModel(RuleBasedStateMachine):
             for row in user.rows.values()
         )
 
-    @initialize(
-        users=st.lists(
-            st.tuples(st.sampled_from(BIRTHDAYS), st.sampled_from(ZONES)), min_size=1, max_size=4
-        )
-    )
-    def create_users(self, users: list[tuple[date, tuple[str | None, int | None]]]) -> None:
+    @initialize(users=st.lists(FACTS, min_size=1, max_size=4))
+    def create_users(self, users: list[Facts]) -> None:
         """Every story starts with a few users: without them no step does anything."""
-        for birthday, zone in users:
-            self.create_user(birthday, zone)
+        for facts in users:
+            self.create_user(facts, None)
 
     @precondition(lambda self: len(self.users) < MAX_USERS)
-    @rule(birthday=st.sampled_from(BIRTHDAYS), zone=st.sampled_from(ZONES))
-    def create_user(self, birthday: date, zone: tuple[str | None, int | None]) -> None:
-        facts = Facts(birthday, *zone)
+    @rule(facts=FACTS, notifications=st.sampled_from(NOTIFICATIONS))
+    def create_user(self, facts: Facts, notifications: dict[str, bool] | None) -> None:
+        """A user with or without an anniversary and a send time, some kind maybe off."""
         # Deterministic, so a failing story replays exactly (ids come from the server).
         email = f"model-{len(self.users)}@example.com"
-        body = {"firstName": "Ada", "lastName": "Lovelace", "email": email, **facts.body()}
+        body: dict[str, Any] = {"firstName": "Ada", "lastName": "Lovelace", "email": email}
+        body |= facts.body(notifications)
         response = self.run(self.http.post("/users", json=body))
+        if refused(facts, self.clock.now(), response):
+            return
         assert response.status_code == 201, response.text
         user_id = response.json()["id"]
-        self.users[user_id] = ModelUser(user_id, email, facts, [facts], self.clock.now())
+        enabled = enabled_by(notifications)
+        self.users[user_id] = ModelUser.created(user_id, email, facts, enabled, self.clock.now())
 
-    def _edited(self, user: ModelUser, facts: Facts, response: httpx.Response) -> None:
+    def _edit(
+        self,
+        user: ModelUser,
+        body: dict[str, Any],
+        facts: Facts,
+        enabled: frozenset[str] | None = None,
+        *,
+        put: bool = False,
+    ) -> None:
+        call = self.http.put if put else self.http.patch
+        response = self.run(call(f"/users/{user.id}", json=body))
+        if refused(facts, self.clock.now(), response):
+            return
         assert response.status_code == 200, response.text
-        if facts != user.facts:  # the service re-plans only when a planning fact changed
-            user.facts = facts
-            user.history.append(facts)
-            user.planned_at = self.clock.now()
+        user.change(facts, user.enabled if enabled is None else enabled, self.clock.now())
 
     @precondition(lambda self: self.live())
     @rule(which=st.integers(0, 99), birthday=st.sampled_from(BIRTHDAYS))
     def patch_birthday(self, which: int, birthday: date) -> None:
         user = self.pick(which)
         body = {"dateOfBirth": birthday.isoformat()}
-        response = self.run(self.http.patch(f"/users/{user.id}", json=body))
-        self._edited(user, Facts(birthday, user.facts.zone_name, user.facts.offset), response)
+        self._edit(user, body, replace(user.facts, birthday=birthday))
 
     @precondition(lambda self: self.live())
     @rule(which=st.integers(0, 99), zone=st.sampled_from(ZONES))
     def patch_zone(self, which: int, zone: tuple[str | None, int | None]) -> None:
         user = self.pick(which)
-        facts = Facts(user.facts.birthday, *zone)
-        body = {k: v for k, v in facts.body().items() if k != "dateOfBirth"}
-        response = self.run(self.http.patch(f"/users/{user.id}", json=body))
-        self._edited(user, facts, response)
+        facts = replace(user.facts, zone_name=zone[0], offset=zone[1])
+        body = {"timezone": zone[0]} if zone[0] is not None else {"timezoneOffset": zone[1]}
+        self._edit(user, body, facts)
 
     @precondition(lambda self: self.live())
-    @rule(
-        which=st.integers(0, 99),
-        birthday=st.sampled_from(BIRTHDAYS),
-        zone=st.sampled_from(ZONES),
-    )
-    def put_user(self, which: int, birthday: date, zone: tuple[str | None, int | None]) -> None:
+    @rule(which=st.integers(0, 99), anniversary=st.sampled_from(ANNIVERSARIES))
+    def patch_anniversary(self, which: int, anniversary: date | None) -> None:
+        """Set, move or (null) clear the anniversary."""
         user = self.pick(which)
-        facts = Facts(birthday, *zone)
-        body = {"firstName": "Ada", "lastName": "King", "email": user.email, **facts.body()}
-        response = self.run(self.http.put(f"/users/{user.id}", json=body))
-        self._edited(user, facts, response)
+        body = {"anniversaryDate": anniversary and anniversary.isoformat()}
+        self._edit(user, body, replace(user.facts, anniversary=anniversary))
+
+    @precondition(lambda self: self.live())
+    @rule(which=st.integers(0, 99), send_time=st.sampled_from(SEND_TIMES))
+    def patch_send_time(self, which: int, send_time: time | None) -> None:
+        """Set the user's send time, or (null) go back to the default."""
+        user = self.pick(which)
+        body = {"sendLocalTime": send_time and send_time.strftime("%H:%M")}
+        self._edit(user, body, replace(user.facts, send_time=send_time))
+
+    @precondition(lambda self: self.live())
+    @rule(which=st.integers(0, 99), kind=st.sampled_from(MODEL_KINDS), on=st.booleans())
+    def patch_notifications(self, which: int, kind: str, on: bool) -> None:
+        """Turn one kind off or on; PATCH merges, the other kind keeps its setting."""
+        user = self.pick(which)
+        enabled = user.enabled | {kind} if on else user.enabled - {kind}
+        self._edit(user, {"notifications": {kind: on}}, user.facts, frozenset(enabled))
+
+    @precondition(lambda self: self.live())
+    @rule(which=st.integers(0, 99), facts=FACTS, notifications=st.sampled_from(NOTIFICATIONS))
+    def put_user(self, which: int, facts: Facts, notifications: dict[str, bool] | None) -> None:
+        """The whole user: an anniversary or send time left out is cleared, and a kind not
+        named in notifications is on again."""
+        user = self.pick(which)
+        body: dict[str, Any] = {"firstName": "Ada", "lastName": "King", "email": user.email}
+        body |= facts.body(notifications)
+        self._edit(user, body, facts, enabled_by(notifications), put=True)
 
     @precondition(lambda self: self.live())
     @rule(which=st.integers(0, 99))
@@ -288,7 +268,7 @@ class LedgerModel(RuleBasedStateMachine):
         user = self.pick(which)
         response = self.run(self.http.delete(f"/users/{user.id}"))
         assert response.status_code == 204, response.text
-        user.deleted = True
+        user.delete()
 
     # --- time, the scheduler, the workers, operations -------------------------------------
 
@@ -305,6 +285,22 @@ class LedgerModel(RuleBasedStateMachine):
         self.clock.advance(hours=hours)
         self.run(self.scheduler.tick(self.clock.now()))
 
+    def upcoming(self) -> list[datetime]:
+        """The live users' next messages due within a few days (later ones leave the run's
+        dates behind)."""
+        horizon = self.clock.now() + timedelta(days=4)
+        return sorted(at for user in self.live() for _, at in user.next_messages if at <= horizon)
+
+    @precondition(lambda self: self.upcoming())
+    @rule(which=st.integers(0, 3), seconds=st.sampled_from([0, 10, 3_600]))
+    def advance_to_due(self, which: int, seconds: int) -> None:
+        """To one of the next few messages' instant, or just after it: the steps go where
+        occasions come due, of either kind, and land on their instants exactly."""
+        upcoming = self.upcoming()
+        at = upcoming[min(which, len(upcoming) - 1)] + timedelta(seconds=seconds)
+        self.clock.set(max(at, self.clock.now()))  # never back: a tick already passed it
+        self.run(self.scheduler.tick(self.clock.now()))
+
     @precondition(lambda self: self.queue.ids())
     @rule(which=st.integers(0, 99), behaviour=st.sampled_from(Behaviour))
     def deliver_next(self, which: int, behaviour: Behaviour) -> None:
@@ -312,16 +308,7 @@ class LedgerModel(RuleBasedStateMachine):
 
         Which one is chosen by the users' order, not the queue's: that order follows ids the
         server draws at random, and a failing story must replay the same way."""
-        order = {user.id: n for n, user in enumerate(self.users.values())}
-        rows = {row.id: row for user in self.users.values() for row in user.rows.values()}
-
-        def rank(message_id: uuid.UUID) -> tuple[int, date, str]:
-            row = rows.get(str(message_id))
-            if row is None:
-                return (len(order), date.min, str(message_id))
-            return (order[row.user], row.occasion, row.id)
-
-        held = sorted(set(self.queue.ids()), key=rank)
+        held = story_order(self.queue.ids(), [user.rows for user in self.users.values()])
         chosen = held[which % len(held)]
         self.queue.take(chosen)
         self.sender.behaviour = behaviour
@@ -375,25 +362,26 @@ class LedgerModel(RuleBasedStateMachine):
         assert not twice, f"the queue holds {len(twice)} row(s) twice: {twice[:3]}"
         await self._refresh()
         rows = {key: row for user in self.users.values() for key, row in user.rows.items()}
-        self._check_accepted(rows)
+        check_accepted(self.users, rows, self.sender.accepted, self.accepted_checked)
+        self.accepted_checked = len(self.sender.accepted)
+        accepted_keys = {a.key for a in self.sender.accepted}
         for user in self.live():
-            self._check_rows(user)
-            self._check_next_message_at(user)
+            check_rows(user)
+            check_next_messages(user, accepted_keys)
+        for user in self.users.values():
+            user.moved.clear()
 
     async def _refresh(self, *, through_api: bool = False) -> None:
-        """Read every live user's nextMessageAt (GET /users) and every ledger row: straight
-        from the table after each step, through GET /users/{id}/messages at the end."""
+        """Read every live user (GET /users) and every ledger row: straight from the table
+        after each step, through GET /users/{id}/messages at the end."""
         page = await self.http.get("/users", params={"limit": 100})
         assert page.status_code == 200, page.text
-        listed = {item["id"]: item["nextMessageAt"] for item in page.json()["data"]}
+        listed = {item["id"]: item for item in page.json()["data"]}
         assert len(listed) < 100, "the model makes fewer users than one page holds"
         seen: dict[str, dict[str, Row]] = defaultdict(dict)
         if through_api:
             for user in self.live():
-                response = await self.http.get(f"/users/{user.id}/messages")
-                assert response.status_code == 200, response.text
-                for item in response.json()["data"]:
-                    seen[user.id][item["idempotencyKey"]] = Row.from_api(user.id, item)
+                seen[user.id] = await read_history(self.http, user.id)
         else:
             for row in await read_ledger(self.resources.sessions):
                 seen[row.user][row.key] = row
@@ -403,74 +391,8 @@ class LedgerModel(RuleBasedStateMachine):
                 if through_api:
                     continue
             else:
-                at = listed[user.id]
-                user.next_message_at = None if at is None else datetime.fromisoformat(at)
-            rows = seen[user.id]
-            for key, row in user.rows.items():
-                if key not in rows:  # purged: the model remembers what it was
-                    row.purged = True
-                    rows[key] = row
-            user.rows = rows
-
-    def _check_accepted(self, rows: dict[str, Row]) -> None:
-        keys_by_year: dict[tuple[str, int], set[str]] = defaultdict(set)
-        for accepted in self.sender.accepted:
-            row = rows.get(accepted.key)
-            assert row is not None, f"the service accepted key {accepted.key} the ledger never had"
-            user = self.users[row.user]
-            assert accepted.email == user.email, "a message went to another user's address"
-            keys_by_year[(row.user, row.occasion.year)].add(accepted.key)
-            assert accepted.at >= row.scheduled_at, (
-                f"accepted at {accepted.at}, before its instant {row.scheduled_at}"
-            )
-            assert accepted.at <= row.scheduled_at + WINDOW, (
-                f"accepted at {accepted.at}, {accepted.at - row.scheduled_at} after its instant "
-                f"{row.scheduled_at}: later than the catch-up window"
-            )
-        for (user_id, year), keys in keys_by_year.items():
-            assert len(keys) <= 1, (
-                f"user {user_id} got {len(keys)} birthday messages for {year} under "
-                f"different keys: {sorted(keys)}"
-            )
-
-    def _check_rows(self, user: ModelUser) -> None:
-        for row in user.rows.values():
-            instants = {facts.instant_of(row.occasion) for facts in user.history}
-            assert row.scheduled_at in instants, (
-                f"row {row.key} for {row.occasion} is scheduled at {row.scheduled_at}, which no "
-                f"birthday and zone the user had gives (09:00 local: {instants})"
-            )
-            assert not (row.status == "cancelled" and row.attempts > 0), (
-                f"row {row.key} ({row.occasion}) had {row.attempts} attempt(s) and was "
-                "cancelled by an edit: a started occasion must finish under its own key"
-            )
-
-    def _check_next_message_at(self, user: ModelUser) -> None:
-        at = user.next_message_at
-        assert at is not None, "a live user has no nextMessageAt"
-        years = [
-            y for y in range(at.year - 1, at.year + 2) if user.facts.occurrence(y).instant == at
-        ]
-        assert years, (
-            f"nextMessageAt {at} is not 09:00 local of the birthday {user.facts.birthday} "
-            f"in the zone {user.facts.zone_name or user.facts.offset}"
-        )
-        year = years[0]
-        accepted_years = {
-            user.rows[a.key].occasion.year for a in self.sender.accepted if a.key in user.rows
-        }
-        blocked = {r.occasion.year for r in user.rows.values() if r.blocks_its_year}
-        blocked |= accepted_years
-        assert year not in blocked, (
-            f"nextMessageAt {at} plans {year} again, though that year's message was sent or "
-            f"started: {[(r.occasion, r.status, r.attempts) for r in user.rows.values()]}"
-        )
-        used = blocked | {r.occasion.year for r in user.rows.values() if r.used_its_year}
-        before = user.facts.occurrence(year - 1)
-        assert before.instant < user.planned_at or year - 1 in used, (
-            f"nextMessageAt {at} skips the open occasion {before.local_date} "
-            f"({before.instant}, planned at {user.planned_at})"
-        )
+                user.show(listed[user.id])
+            user.absorb(seen[user.id])
 
     # --- the end: faults stop, everything settles ---------------------------------------------
 
@@ -494,39 +416,13 @@ class LedgerModel(RuleBasedStateMachine):
             self.clock.advance(minutes=5)
             await self._settle()
             await self._refresh(through_api=True)
-            if not any(self._unfinished(user) for user in self.live()):
+            if not any(user.unfinished() for user in self.live()):
                 break
         await self._check()
         await self._refresh(through_api=True)
-        now = self.clock.now()
+        accepted_keys = {a.key for a in self.sender.accepted}
         for user in self.live():
-            assert not self._unfinished(user), (
-                f"never finished: {[(r.occasion, r.status) for r in self._unfinished(user)]}"
-            )
-            for row in user.rows.values():
-                self._check_final(row)
-            assert user.next_message_at is not None
-            assert user.next_message_at > now, (
-                f"an occasion due at {user.next_message_at} was never planned (now {now})"
-            )
-
-    @staticmethod
-    def _unfinished(user: ModelUser) -> list[Row]:
-        active = ("pending", "queued", "sending", "failed")
-        return [r for r in user.rows.values() if r.status in active and not r.purged]
-
-    def _check_final(self, row: Row) -> None:
-        if row.status in ("dead", "skipped"):
-            assert row.last_error, f"row {row.key} ({row.occasion}) is {row.status} with no reason"
-        if row.status == "skipped" and not row.purged:
-            assert row.updated_at - row.scheduled_at > WINDOW, (
-                f"row {row.key} ({row.occasion}, due {row.scheduled_at}) was skipped at "
-                f"{row.updated_at}, inside the catch-up window"
-            )
-        if row.status == "sent":
-            assert row.key in {a.key for a in self.sender.accepted}, (
-                f"row {row.key} is sent but the service never accepted it"
-            )
+            check_settled(user, self.clock.now(), accepted_keys)
 
 
 def _run_model(provision: Provision) -> None:
