@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import NamedTuple
 
-from sqlalchemy import Date, DateTime, String, Uuid, and_, bindparam, select, text
+from sqlalchemy import Date, DateTime, String, Uuid, and_, any_, bindparam, select, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -86,9 +86,23 @@ async def insert_ledger_rows(
     return [(row_id, MessageStatus(status)) for row_id, status in result.all()]
 
 
+_REVIVABLE_FROM_ARRAY = select(_ledger.c.id).where(
+    _ledger.c.id == any_(bindparam("ids", type_=ARRAY(Uuid()))),
+    _ledger.c.status == S.CANCELLED.value,
+    _ledger.c.attempts == 0,
+)
+
+
 async def revivable(session: AsyncSession, ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """Which of these rows exist cancelled with no attempt: planning them again revives them,
-    and the copy published before the cancel may still wait in the queue."""
+    and the copy published before the cancel may still wait in the queue. It runs once per due
+    batch, so on PostgreSQL it is one cached statement over an array (an IN list of a thousand
+    bind parameters cost 7 ms a batch)."""
+    if not ids:
+        return set()
+    if session.get_bind().dialect.name == "postgresql":
+        result = await session.execute(_REVIVABLE_FROM_ARRAY, {"ids": list(ids)})
+        return set(result.scalars())
     c = _ledger.c
     found: set[uuid.UUID] = set()
     for start in range(0, len(ids), MAX_IDS_PER_STATEMENT):
