@@ -69,6 +69,22 @@ def user_body(**overrides: Any) -> dict[str, Any]:
     return {k: v for k, v in body.items() if v is not ...}
 
 
+async def create_user_id(client: Any, **overrides: Any) -> str:
+    """POST /users (user_body with overrides) through an httpx client; the new user's id."""
+    response = await client.post("/users", json=user_body(**overrides))
+    assert response.status_code == 201, response.text
+    user_id: str = response.json()["id"]
+    return user_id
+
+
+async def patch_user(client: Any, user_id: object, **fields: Any) -> dict[str, Any]:
+    """PATCH /users/{id}, which must succeed; the user as the API returns it."""
+    response = await client.patch(f"/users/{user_id}", json=fields)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def pg_url(database: str) -> str:
     return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + database
 

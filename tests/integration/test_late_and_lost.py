@@ -23,7 +23,7 @@ from birthday_scheduler.messages.models import MessageLog, MessageSchedule
 from birthday_scheduler.messages.scheduler import Scheduler
 from birthday_scheduler.settings import Settings
 from birthday_scheduler.users.models import User
-from support import FakeClock, drain_queue, user_body
+from support import FakeClock, create_user_id, drain_queue
 
 SEND = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)
 EVE = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -77,15 +77,6 @@ async def rows(resources: runtime.Resources) -> list[MessageLog]:
         return list(result.scalars())
 
 
-async def create(client: httpx.AsyncClient, **overrides: object) -> str:
-    response = await client.post(
-        "/users", json=user_body(**{"dateOfBirth": "1990-07-01", **overrides})
-    )
-    assert response.status_code == 201, response.text
-    user_id: str = response.json()["id"]
-    return user_id
-
-
 async def test_a_killed_workers_message_goes_out_within_thirty_seconds(
     client: httpx.AsyncClient,
     resources: runtime.Resources,
@@ -95,7 +86,7 @@ async def test_a_killed_workers_message_goes_out_within_thirty_seconds(
     clock: FakeClock,
 ) -> None:
     clock.set(EVE)
-    await create(client)
+    await create_user_id(client)
     clock.set(SEND)
     await scheduler.tick(SEND)
     [message_id] = await drain_queue(resources.require_broker())
@@ -139,7 +130,7 @@ async def test_a_message_held_back_past_the_window_is_skipped_when_it_would_be_s
     """Planned on time, then the workers (or the service, or the broker) were away for four
     days: the copy that finally reaches a worker is recorded skipped, not sent days late."""
     clock.set(EVE)
-    await create(client)
+    await create_user_id(client)
     await scheduler.tick(SEND)
     [message_id] = await drain_queue(resources.require_broker())
 
@@ -161,7 +152,7 @@ async def test_the_sweep_skips_rows_past_the_window_instead_of_publishing_them(
     clock: FakeClock,
 ) -> None:
     clock.set(EVE)
-    await create(client)
+    await create_user_id(client)
     await scheduler.tick(SEND)
     await drain_queue(resources.require_broker())  # the broker lost it
 
@@ -190,8 +181,8 @@ async def test_a_schedule_that_cannot_be_planned_is_dead_lettered_and_the_rest_g
     clock: FakeClock,
 ) -> None:
     clock.set(EVE)
-    broken = await create(client, timezone="Europe/Paris", timezoneOffset=...)
-    healthy = await create(client)
+    broken = await create_user_id(client, timezone="Europe/Paris", timezoneOffset=...)
+    healthy = await create_user_id(client)
     # The host's tzdata lost the zone after the user was created (or the row was edited by hand).
     async with unit_of_work(resources.sessions) as session:
         await session.execute(
@@ -227,7 +218,7 @@ async def test_a_message_of_a_kind_no_longer_registered_is_dead_lettered_by_the_
     clock: FakeClock,
 ) -> None:
     clock.set(EVE)
-    await create(client)
+    await create_user_id(client)
     await scheduler.tick(SEND)
     [message_id] = await drain_queue(resources.require_broker())
     async with unit_of_work(resources.sessions) as session:
@@ -257,7 +248,7 @@ async def test_a_message_whose_attempts_are_spent_by_crashes_is_dead_lettered(
     """A message that kills its worker every time (claimed, never recorded) would otherwise come
     back at every lease for ever."""
     clock.set(EVE)
-    await create(client)
+    await create_user_id(client)
     await scheduler.tick(SEND)
     [message_id] = await drain_queue(resources.require_broker())
     limit = resources.settings.max_delivery_attempts
@@ -284,7 +275,7 @@ async def test_workers_down_for_a_day_leave_one_copy_of_each_row_in_the_queue(
 ) -> None:
     clock.set(EVE)
     for _ in range(20):
-        await create(client)
+        await create_user_id(client)
     broker = resources.require_broker()
     assert (await scheduler.tick(SEND)).planned == 20
 
@@ -312,7 +303,7 @@ async def test_a_row_skipped_when_planned_says_why(
     client: httpx.AsyncClient, resources: runtime.Resources, scheduler: Scheduler, clock: FakeClock
 ) -> None:
     clock.set(EVE)
-    await create(client)
+    await create_user_id(client)
 
     await scheduler.tick(SEND + timedelta(hours=73))  # the scheduler was down for three days
 
@@ -333,7 +324,7 @@ async def test_a_killed_workers_redelivered_copy_is_the_only_copy(
     """The broker hands a killed worker's unacked message back to the queue; when the row's
     lease runs out the sweep must not publish a second copy beside it."""
     clock.set(EVE)
-    await create(client)
+    await create_user_id(client)
     clock.set(SEND)
     await scheduler.tick(SEND)
     broker = resources.require_broker()
@@ -365,7 +356,7 @@ async def test_a_revived_occasion_is_not_published_beside_its_queued_copy(
     first copy still waits in the queue, so the revival must not add a second (found by the
     model-based test)."""
     clock.set(EVE)
-    user_id = await create(client, timezoneOffset=120)  # 09:00 at +02:00 is 07:00Z
+    user_id = await create_user_id(client, timezoneOffset=120)  # 09:00 at +02:00 is 07:00Z
     first_send = datetime(2026, 7, 1, 7, tzinfo=UTC)
     await scheduler.tick(first_send)
     broker = resources.require_broker()

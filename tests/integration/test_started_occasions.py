@@ -21,7 +21,7 @@ from birthday_scheduler.messages.ledger import claims, occasions, planned
 from birthday_scheduler.messages.models import MessageLog, MessageSchedule, MessageStatus
 from birthday_scheduler.messages.planning import plan_due
 from birthday_scheduler.messages.scheduler import Scheduler
-from support import FakeClock, drain_queue, user_body
+from support import FakeClock, create_user_id, drain_queue, patch_user
 
 SEND = datetime(2026, 7, 1, 9, 0, tzinfo=UTC)  # 09:00 on 1 July at UTC+0
 EVE = datetime(2026, 6, 30, 12, 0, tzinfo=UTC)
@@ -63,22 +63,6 @@ async def ledger(resources: runtime.Resources, user_id: str) -> list[tuple[date,
         return [(occasion, status, attempts) for occasion, status, attempts in rows.all()]
 
 
-async def create(client: httpx.AsyncClient, **overrides: object) -> str:
-    response = await client.post(
-        "/users", json=user_body(**{"dateOfBirth": "1990-07-01", **overrides})
-    )
-    assert response.status_code == 201, response.text
-    user_id: str = response.json()["id"]
-    return user_id
-
-
-async def patch(client: httpx.AsyncClient, user_id: str, **fields: object) -> dict[str, object]:
-    response = await client.patch(f"/users/{user_id}", json=fields)
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    return body
-
-
 async def attempt_once(
     resources: runtime.Resources, scheduler: Scheduler, worker: DeliveryWorker, clock: FakeClock
 ) -> None:
@@ -106,12 +90,12 @@ async def test_an_edit_after_an_attempt_does_not_plan_the_same_year_again(
     change: dict[str, object],
 ) -> None:
     clock.set(EVE)
-    user_id = await create(client)
+    user_id = await create_user_id(client)
     await attempt_once(resources, scheduler, worker, clock)
     assert await ledger(resources, user_id) == [(date(2026, 7, 1), "failed", 1)]
 
     clock.set(SEND + timedelta(minutes=1))
-    edited = await patch(client, user_id, **change)
+    edited = await patch_user(client, user_id, **change)
 
     # The started occasion is kept (it finishes under its own key); the edit applies from 2027.
     assert str(edited["nextMessageAt"]).startswith("2027-")
@@ -132,7 +116,7 @@ async def test_a_killed_workers_row_counts_as_started(
     """A row claimed by a worker that then died is handed back as `queued` with its attempt
     counted: the service may have accepted it, so it is started."""
     clock.set(EVE)
-    user_id = await create(client)
+    user_id = await create_user_id(client)
     await scheduler.tick(SEND)
     [message_id] = await drain_queue(resources.require_broker())
     async with unit_of_work(resources.sessions) as session:
@@ -144,7 +128,7 @@ async def test_a_killed_workers_row_counts_as_started(
     assert await ledger(resources, user_id) == [(date(2026, 7, 1), "queued", 1)]
 
     clock.set(SEND + timedelta(minutes=2))
-    edited = await patch(client, user_id, dateOfBirth="1990-08-01")
+    edited = await patch_user(client, user_id, dateOfBirth="1990-08-01")
 
     assert edited["nextMessageAt"] == "2027-08-01T09:00:00Z"
     assert await ledger(resources, user_id) == [(date(2026, 7, 1), "queued", 1)]
@@ -158,7 +142,7 @@ async def test_a_sent_year_outlives_the_retention_purge(
     clock: FakeClock,
 ) -> None:
     clock.set(datetime(2026, 1, 1, 12, tzinfo=UTC))
-    user_id = await create(client, dateOfBirth="1990-01-02")
+    user_id = await create_user_id(client, dateOfBirth="1990-01-02")
     await scheduler.tick(datetime(2026, 1, 2, 9, tzinfo=UTC))
     [message_id] = await drain_queue(resources.require_broker())
     async with unit_of_work(resources.sessions) as session:
@@ -180,7 +164,7 @@ async def test_a_sent_year_outlives_the_retention_purge(
     assert await ledger(resources, user_id) == []
 
     clock.set(purged_at)
-    edited = await patch(client, user_id, dateOfBirth="1990-08-01")
+    edited = await patch_user(client, user_id, dateOfBirth="1990-08-01")
 
     assert edited["nextMessageAt"] == "2027-08-01T09:00:00Z"
     assert (await scheduler.tick(datetime(2026, 8, 1, 9, tzinfo=UTC))).planned == 0
@@ -194,12 +178,12 @@ async def test_an_edit_before_any_attempt_still_replans_the_same_year(
 ) -> None:
     """The rule is about attempts: a queued row nobody has tried is still cancelled and moved."""
     clock.set(EVE)
-    user_id = await create(client)
+    user_id = await create_user_id(client)
     await scheduler.tick(SEND)
     await drain_queue(resources.require_broker())
 
     clock.set(SEND + timedelta(minutes=1))
-    edited = await patch(client, user_id, dateOfBirth="1990-08-01")
+    edited = await patch_user(client, user_id, dateOfBirth="1990-08-01")
 
     assert edited["nextMessageAt"] == "2026-08-01T09:00:00Z"
     assert await ledger(resources, user_id) == [(date(2026, 7, 1), "cancelled", 0)]
@@ -215,7 +199,7 @@ async def test_a_replan_waits_for_a_tick_holding_the_users_schedule(
     either the PATCH sees the tick's row and cancels it, or the tick never plans the old date.
     Never both dates."""
     clock.set(SEND - timedelta(minutes=1))
-    user_id = await create(client)
+    user_id = await create_user_id(client)
     now = SEND + timedelta(seconds=1)
     clock.set(now)
 
@@ -248,7 +232,7 @@ async def test_a_tick_never_overwrites_a_schedule_an_edit_moved_since_it_read_it
     """The advance is conditional on what the tick claimed: should an edit land between the
     tick's read and its write, the edit's plan stands."""
     clock.set(SEND - timedelta(minutes=1))
-    user_id = await create(client)
+    user_id = await create_user_id(client)
     async with unit_of_work(resources.sessions) as session:
         due = await schedules_sql.claim_due_schedules(session, SEND, 10)
     edited = schedules_sql.ScheduleAdvance(
