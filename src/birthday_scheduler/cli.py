@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -28,9 +29,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Schema migrations (reversible).", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead-letter inspection and replay.", no_args_is_help=True)
 messages_app = typer.Typer(help="Message log maintenance.", no_args_is_help=True)
+users_app = typer.Typer(help="User administration.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(messages_app, name="messages")
+app.add_typer(users_app, name="users")
 
 
 def _run(job: Callable[[Settings], Coroutine[Any, Any, T]]) -> T:
@@ -192,6 +195,50 @@ def messages_purge(
 
     age = parse_age(older_than)
     _run(lambda settings: admin.messages_purge(settings, age))
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+@users_app.command("import")
+def users_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with a header of the API's field names: firstName, lastName, email, "
+            "dateOfBirth, timezone and/or timezoneOffset; optional anniversaryDate, "
+            "sendLocalTime, notifications (a JSON object)."
+        ),
+    ],
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="CSV of rejected rows (line,field,reason); default FILE.rejected.csv."
+        ),
+    ] = None,
+) -> None:
+    """Create users in bulk, each validated and planned as POST /users would; safe to re-run.
+
+    Exit 0: every row imported or already present; 1: some rows rejected (the valid ones are
+    imported); 2: the file cannot be read or its header is wrong.
+    """
+    from birthday_scheduler.users import importer
+
+    report_path = report or importer.default_report_path(file)
+
+    async def job(settings: Settings) -> importer.ImportSummary | importer.ImportFileError:
+        try:
+            with importer.progress_bar(file) as progress:
+                return await importer.run(settings, file, report_path, progress)
+        except importer.ImportFileError as exc:
+            return exc
+
+    outcome = _run(job)
+    if isinstance(outcome, importer.ImportFileError):
+        typer.echo(f"birthday-scheduler: {outcome}", err=True)
+        raise typer.Exit(2)
+    sys.stdout.write(outcome.line(report_path) + "\n")
+    raise typer.Exit(1 if outcome.rejected else 0)
 
 
 def print_json(value: object) -> None:
