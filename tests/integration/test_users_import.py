@@ -288,3 +288,25 @@ def test_cli_bad_file_exits_2_with_one_line(
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("birthday-scheduler: ")
     assert expected in lines[0]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_an_email_taken_after_the_look_up_is_skipped_not_duplicated(
+    client: httpx.AsyncClient,
+    resources: runtime.Resources,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PostgreSQL's fast path looks the chunk's emails up, then COPYs; a writer may take one in
+    between. Simulated by a look-up that finds nothing: the COPY's unique violation sends the
+    chunk through the staging table, which skips the taken email."""
+    await client.post("/users", json=user_body(email="raced@example.com"))
+    monkeypatch.setattr(
+        importer,
+        "_LIVE_EMAILS",
+        "SELECT lower(email) FROM users WHERE false AND $1::text[] IS NOT NULL",
+    )
+    source = write_csv(tmp_path / "u.csv", [row("fresh@example.com"), row("RACED@example.com")])
+    summary = await run_import(resources, source, tmp_path / "r.csv")
+    assert (summary.imported, summary.existing, summary.rejected) == (1, 1, 0)
+    assert await counts(resources) == (2, 2)

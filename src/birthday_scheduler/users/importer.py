@@ -30,26 +30,27 @@ import datetime as dt
 import json
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import Table, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from birthday_scheduler.clock import Clock
-from birthday_scheduler.entrypoints import runtime
+from birthday_scheduler.clock import Clock, SystemClock
 from birthday_scheduler.errors import BirthdaySchedulerError, ConfigurationError
 from birthday_scheduler.infra import migrate
-from birthday_scheduler.infra.db import unit_of_work
+from birthday_scheduler.infra.db import create_engine, session_factory, unit_of_work
 from birthday_scheduler.messages.models import MessageSchedule
 from birthday_scheduler.settings import Settings
 from birthday_scheduler.users import import_rows
 from birthday_scheduler.users.import_rows import NewUser, PreparedChunk, Record
 from birthday_scheduler.users.models import User
 
-CHUNK_ROWS = 20_000
+CHUNK_ROWS = 10_000
 _SQLITE_LOOKUP = 500  # emails per IN list: well under SQLite's bound-parameter limit
 _users = cast(Table, User.__table__)
 _schedules = cast(Table, MessageSchedule.__table__)
@@ -92,16 +93,21 @@ async def run(
     settings: Settings, source: Path, report: Path, progress: Progress | None = None
 ) -> ImportSummary:
     """The command: the settings' database, the system clock, SEND_LOCAL_TIME as the default."""
-    async with runtime.open_resources(settings, broker=None) as resources:
+    # Not runtime.open_resources: it would import the web server and the broker client
+    # (~15 MB of the 150 MB this command may use) for an engine and a clock.
+    engine = create_engine(settings)
+    try:
         return await import_file(
-            resources.engine,
-            resources.sessions,
-            resources.clock,
-            resources.planning_policy().send_time,
+            engine,
+            session_factory(engine),
+            SystemClock(),
+            settings.send_local_time,
             source,
             report,
             progress,
         )
+    finally:
+        await engine.dispose()
 
 
 async def import_file(
@@ -254,6 +260,10 @@ def _writer(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> 
 
 
 _COLUMN_LIST = ", ".join(USER_COLUMNS)
+# Uses ux_users_email_live (its expression and predicate, exactly).
+_LIVE_EMAILS = (
+    "SELECT lower(email) FROM users WHERE deleted_at IS NULL AND lower(email) = ANY($1::text[])"
+)
 # Constants only. No conflict target: it yields to any unique index, ux_users_email_live too.
 _MOVE_STAGED = (
     f"INSERT INTO users ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGING} "  # noqa: S608
@@ -264,15 +274,41 @@ _MOVE_STAGED = (
 async def _write_postgres(pg: Any, chunk: PreparedChunk) -> int:
     if not chunk.users:
         return 0
-    async with pg.transaction():
-        await pg.copy_records_to_table(_STAGING, records=chunk.users, columns=USER_COLUMNS)
-        inserted = {row[0] for row in await pg.fetch(_MOVE_STAGED)}
-        planned = [s for s in chunk.schedules if s.user_id in inserted]
-        if planned:
-            await pg.copy_records_to_table(
-                "message_schedules", records=planned, columns=SCHEDULE_COLUMNS
-            )
+    try:
+        async with pg.transaction():
+            return await _copy_new(pg, chunk)
+    except asyncpg.UniqueViolationError:
+        # A writer took one of these emails between the look-up and the COPY: redo the
+        # chunk through the staging table, which yields to whoever got there first.
+        async with pg.transaction():
+            return await _move_staged(pg, chunk)
+
+
+async def _copy_new(pg: Any, chunk: PreparedChunk) -> int:
+    """The users whose email no live user has, COPYed straight into users (a unique
+    violation, if a writer races us, rolls the chunk back), and their schedules."""
+    taken = {row[0] for row in await pg.fetch(_LIVE_EMAILS, chunk.email_keys)}
+    users = [u for u, key in zip(chunk.users, chunk.email_keys, strict=True) if key not in taken]
+    if users:
+        await pg.copy_records_to_table("users", records=users, columns=USER_COLUMNS)
+    await _copy_schedules(pg, chunk, {u.id for u in users} if taken else None)
+    return len(users)
+
+
+async def _move_staged(pg: Any, chunk: PreparedChunk) -> int:
+    await pg.copy_records_to_table(_STAGING, records=chunk.users, columns=USER_COLUMNS)
+    inserted = {row[0] for row in await pg.fetch(_MOVE_STAGED)}
+    await _copy_schedules(pg, chunk, inserted)
     return len(inserted)
+
+
+async def _copy_schedules(pg: Any, chunk: PreparedChunk, only: set[uuid.UUID] | None) -> None:
+    """The chunk's schedules (those of the users in `only`, when not all were inserted)."""
+    planned = chunk.schedules if only is None else [s for s in chunk.schedules if s.user_id in only]
+    if planned:
+        await pg.copy_records_to_table(
+            "message_schedules", records=planned, columns=SCHEDULE_COLUMNS
+        )
 
 
 async def _write_sqlite(sessions: async_sessionmaker[AsyncSession], chunk: PreparedChunk) -> int:
