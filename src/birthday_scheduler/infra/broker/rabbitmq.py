@@ -48,6 +48,7 @@ from yarl import URL
 
 from birthday_scheduler.clock import Clock, SystemClock
 from birthday_scheduler.errors import BrokerError
+from birthday_scheduler.infra.broker import rabbitmq_frames as frames
 from birthday_scheduler.infra.broker.base import (
     DEAD_LETTER_QUEUE,
     MAIN_QUEUE,
@@ -205,10 +206,7 @@ class RabbitBroker:
                     underlay = await channel.get_underlay_channel()
                     # Confirms are pipelined: the whole batch goes out before the first confirm
                     # is awaited. Awaiting each one in turn costs a round trip per message.
-                    results = await asyncio.gather(
-                        *(self._publish_one(underlay, self._main_name, mid) for mid in batch),
-                        return_exceptions=True,
-                    )
+                    results = await self._publish_confirmed(underlay, batch)
             failures = [result for result in results if isinstance(result, BaseException)]
             if failures:
                 log.error("broker.publish_failed", failed=len(failures), batch=len(batch))
@@ -216,6 +214,30 @@ class RabbitBroker:
                     f"{len(failures)} of {len(batch)} publishes to {self._main_name!r} "
                     f"were not confirmed: {self._describe(failures[0])}"
                 ) from failures[0]
+
+    async def _publish_confirmed(
+        self, underlay: aiormq.abc.AbstractChannel, batch: Sequence[UUID]
+    ) -> list[object]:
+        """Each id's confirm (an Ack) or the exception that stands for it."""
+        if not frames.supported(underlay):
+            return await asyncio.gather(
+                *(self._publish_one(underlay, self._main_name, mid) for mid in batch),
+                return_exceptions=True,
+            )
+        channel = cast(aiormq.Channel, underlay)
+        confirms = await frames.publish_ids(channel, self._main_name, batch)
+        try:
+            results: list[object] = await asyncio.gather(*confirms, return_exceptions=True)
+        finally:
+            for confirm in confirms:
+                confirm.cancel()  # a deadline left them waiting: a late confirm is ignored
+            frames.forget(channel, batch)
+        return [
+            result
+            if isinstance(result, BaseException | aiormq.spec.Basic.Ack)
+            else BrokerError(f"publish to {self._main_name!r} was not acknowledged")
+            for result in results
+        ]
 
     async def publish_dead(self, message_id: UUID, reason: str, dead_at: datetime) -> None:
         channel = self._require(self._publish_channel)
