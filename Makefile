@@ -37,7 +37,8 @@ test: tools lint typecheck
 unit: $(STAMP)
 	$(BIN)/pytest tests/unit
 
-bench: $(STAMP)
+# The benchmark suite (docs/BENCHMARKS.md): one table, bench/results/latest.json; needs wrk.
+bench: tools $(STAMP)
 	$(BIN)/python -m bench
 
 # Restarts the machine's PostgreSQL and RabbitMQ during the run (see docs/RUNBOOK.md).

@@ -1,34 +1,43 @@
-"""Acceptance: the benchmarks behind `make bench` still run, on sizes small enough for CI.
+"""Acceptance: `make bench` still runs, on sizes small enough for CI (`python -m bench --small`).
 
-Their speed goals are measured by `make bench`, not here: these runs only prove that each
-benchmark builds its data, exercises the code paths it reports on (PostgreSQL, RabbitMQ, the
-first repository version it compares against) and prints every row, so a refactor cannot
-leave `make bench` broken until the next person needs the numbers.
+Its speed goals are measured by `make bench`, not here: this run only proves that the suite
+starts the real processes, measures every key with its ceiling, writes them all in the agreed
+shape and leaves no database or vhost behind, so a refactor cannot leave `make bench` broken
+until the next person needs the numbers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
+import pytest
 
+from rabbit_vhost import rabbitmqctl
 from support import PG_ADMIN_DSN, child_env
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run_bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", *args],
-        cwd=ROOT,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+SCRIPT = Path(sys.executable).parent / "birthday-scheduler"
+KEYS = {
+    "api_post_users_rps": "req/s",
+    "api_post_users_p99_ms": "ms",
+    "api_get_user_rps": "req/s",
+    "api_get_user_p99_ms": "ms",
+    "api_alive_rps": "req/s",
+    "scheduler_idle_tick_ms": "ms",
+    "plan_100k_s": "s",
+    "deliver_rps": "msg/s",
+    "deliver_rps_100ms": "msg/s",
+    "burst_10k_lateness_p99_s": "s",
+    "import_rows_per_s": "rows/s",
+    "rss_mb_max": "MB",
+}
+NO_CEILING = {"burst_10k_lateness_p99_s", "rss_mb_max"}
 
 
 async def _bench_databases() -> set[str]:
@@ -40,31 +49,72 @@ async def _bench_databases() -> set[str]:
     return {row["datname"] for row in rows}
 
 
-async def test_scheduler_bench_reports_every_measure_and_drops_its_databases() -> None:
-    before = await _bench_databases()
+def _bench_vhosts() -> set[str]:
+    listed = rabbitmqctl("list_vhosts", "--no-table-headers").split()
+    return {name for name in listed if name.startswith("bench-")}
 
-    completed = _run_bench(
-        "bench.scheduler_bench", "--users", "3000", "--due", "1000", "--ticks", "5",
-        "--compare", "300",
+
+def _has_import_command() -> bool:
+    done = subprocess.run(
+        [str(SCRIPT), "users", "import", "--help"], env=child_env(), capture_output=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+@pytest.mark.timeout(360)
+async def test_small_suite_writes_every_key_and_cleans_up(tmp_path: Path) -> None:
+    databases, vhosts = await _bench_databases(), _bench_vhosts()
+    out = tmp_path / "small.json"
+
+    completed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "bench", "--small", "--out", str(out)],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=340, check=False,
     )  # fmt: skip
 
-    # 1 is a missed speed target, which tiny sizes on a busy machine may well report.
-    assert completed.returncode in (0, 1), completed.stderr
-    for measure in (
-        "idle tick, 3,000 users, median",
-        "plan 1,000 due (one tick)",
-        "plan 1,000 due, published to RabbitMQ",
-        "plan 300, first repository",
-        "plan 300, current repository",
-        "speed-up",
-    ):
-        assert measure in completed.stdout, completed.stdout
-    assert await _bench_databases() == before
+    assert completed.returncode == 0, completed.stdout + completed.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results) == set(KEYS) | {"_meta"}
+    assert results["_meta"]["profile"] == "small"
+    assert results["_meta"]["failures"] == []
+    for key in KEYS:
+        assert key in completed.stdout  # the table names every key
+    importable = _has_import_command()
+    for key, unit in KEYS.items():
+        entry = results[key]
+        assert set(entry) >= {"value", "unit", "ceiling", "ratio", "target", "met"}, key
+        assert entry["unit"] == unit, key
+        if key == "import_rows_per_s" and not importable:
+            assert entry["value"] is None, entry
+            assert entry["detail"].startswith("not available"), entry
+            continue
+        assert isinstance(entry["value"], float), (key, entry)
+        assert math.isfinite(entry["value"]), (key, entry)
+        assert entry["value"] >= 0 if key == "burst_10k_lateness_p99_s" else entry["value"] > 0
+        assert isinstance(entry["met"], bool), (key, entry)
+        if key in NO_CEILING:
+            assert entry["ceiling"] is None, (key, entry)
+            assert entry["ratio"] is None, (key, entry)
+        else:
+            assert entry["ceiling"] > 0, (key, entry)
+            assert entry["ratio"] == pytest.approx(entry["value"] / entry["ceiling"], rel=0.01)
+    assert await _bench_databases() == databases
+    assert _bench_vhosts() <= vhosts
 
 
-def test_broker_publish_bench_counts_what_it_published() -> None:
-    completed = _run_bench("bench.broker_publish", "400")
+def test_code_option_makes_children_import_that_copy(tmp_path: Path) -> None:
+    # `--code SRC` relies on PYTHONPATH preceding the venv's editable install.
+    (tmp_path / "birthday_scheduler").mkdir()
+    (tmp_path / "birthday_scheduler" / "__init__.py").write_text("")
 
-    assert completed.returncode == 0, completed.stderr
-    assert "messages:             400" in completed.stdout
-    assert "pipelined confirms:" in completed.stdout
+    completed = subprocess.run(
+        [
+            sys.executable, "-c",
+            "from pathlib import Path; from bench.services import Code; "
+            f"print(Code(Path({str(tmp_path)!r})).package_file())",
+        ],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+
+    assert completed.stdout.strip() == str(tmp_path / "birthday_scheduler" / "__init__.py")
