@@ -125,6 +125,7 @@ def prepare_chunk(
     seen: set[str] = set()
     width = len(columns)
     id_prefix = time_ordered_prefix(now)
+    plans: dict[PlanKey, Plan] = {}
     for line, cells in records:
         if len(cells) != width:
             _reject(
@@ -161,7 +162,11 @@ def prepare_chunk(
             )
         )
         chunk.email_keys.append(key)
-        chunk.schedules.extend(plan_new_user(user_id, body, notifications, default_send_time, now))
+        shape = plan_key(body, notifications)
+        plan = plans.get(shape)
+        if plan is None:  # a chunk of 10,000 users holds far fewer distinct plans
+            plan = plans[shape] = plan_new_user(shape, default_send_time, now)
+        chunk.schedules.extend(ScheduleAdvance(user_id, *planned) for planned in plan)
     return chunk
 
 
@@ -183,32 +188,34 @@ def _random_tail() -> int:
 _LOW_62 = (1 << 62) - 1
 
 
-def plan_new_user(
-    user_id: uuid.UUID,
-    body: UserWrite,
-    notifications: dict[str, bool],
-    default_send_time: time,
-    now: datetime,
-) -> list[ScheduleAdvance]:
-    """The schedules planning.plan_user writes for a new user: each enabled kind's first
-    occurrence at or after `now`; none for a kind turned off or a date the user lacks."""
-    facts = planning.facts_of(
+PlanKey = tuple[date, str | None, int | None, date | None, time | None, tuple[str, ...]]
+Plan = tuple[tuple[str, datetime, date], ...]  # (kind, instant, occasion date) per kind
+
+
+def plan_key(body: UserWrite, notifications: dict[str, bool]) -> PlanKey:
+    """Everything a new user's plan depends on besides `now`: users sharing it share a plan."""
+    enabled = tuple(kind for kind in KINDS if notifications.get(kind, True))  # as _enabled
+    return (
         body.date_of_birth,
         body.timezone,
         body.timezone_offset,
         body.anniversary_date,
         body.send_local_time,
+        enabled,
     )
+
+
+def plan_new_user(key: PlanKey, default_send_time: time, now: datetime) -> Plan:
+    """What planning.plan_user writes for a new user: each enabled kind's first occurrence at
+    or after `now`; nothing for a kind turned off or a date the user lacks."""
+    date_of_birth, timezone, offset, anniversary, send_time, enabled = key
+    facts = planning.facts_of(date_of_birth, timezone, offset, anniversary, send_time)
     planned = []
-    for kind in KINDS.values():
-        if not notifications.get(kind.name, True):  # as the service's _enabled: on unless off
-            continue
-        occurrence = planning.first_open_occurrence(kind, facts, default_send_time, now)
+    for name in enabled:
+        occurrence = planning.first_open_occurrence(KINDS[name], facts, default_send_time, now)
         if occurrence is not None:
-            planned.append(
-                ScheduleAdvance(user_id, kind.name, occurrence.instant, occurrence.local_date)
-            )
-    return planned
+            planned.append((name, occurrence.instant, occurrence.local_date))
+    return tuple(planned)
 
 
 def _validate(
