@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from birthday_scheduler.clock import Clock
 from birthday_scheduler.errors import BrokerError
-from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker
+from birthday_scheduler.infra.broker.base import MAIN_QUEUE, Broker, UnconfirmedPublish
 from birthday_scheduler.infra.db import unit_of_work
 from birthday_scheduler.infra.db_faults import is_unavailable
 from birthday_scheduler.infra.logging import get_logger
@@ -219,13 +219,24 @@ class Scheduler:
         try:
             await self.broker.publish([*planned_ids, *stale])
         except BrokerError as exc:
+            # Only what may be missing from the queue goes back: a confirmed row handed back
+            # would be published a second time by the sweep.
+            unconfirmed = set(exc.unconfirmed) if isinstance(exc, UnconfirmedPublish) else None
+            if unconfirmed is not None:
+                confirmed = [row_id for row_id in stale if row_id not in unconfirmed]
+                planned_ids = [row_id for row_id in planned_ids if row_id in unconfirmed]
+            else:
+                confirmed = []
             log.error(
-                "scheduler.publish_failed", count=len(planned_ids) + len(stale), error=str(exc)
+                "scheduler.publish_failed",
+                count=len(planned_ids) + len(stale) - len(confirmed),
+                error=str(exc),
             )
             async with unit_of_work(self.sessions) as session:
                 await publishing.release_unpublished(
                     session, planned_ids, now, self.policy.publish_grace
                 )
+                await publishing.mark_queued(session, confirmed, now, self.policy.queue_lease)
             return
         if stale:
             async with unit_of_work(self.sessions) as session:

@@ -13,12 +13,24 @@ from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
+from birthday_scheduler.errors import BrokerError
+
 MAIN_QUEUE = "birthday_messages"
 DEAD_LETTER_QUEUE = "birthday_messages_dlq"
 
 # Called once per delivered message. Returning normally acks the message; raising nacks it
 # back onto the queue (for transient trouble such as the database being unreachable).
 MessageHandler = Callable[[UUID], Awaitable[None]]
+
+
+class UnconfirmedPublish(BrokerError):
+    """A publish of several ids of which only some were confirmed: `unconfirmed` lists the ids
+    that may not be in the queue (nacked, returned, or never awaited); every other id of the
+    call was confirmed."""
+
+    def __init__(self, message: str, unconfirmed: Sequence[UUID]) -> None:
+        super().__init__(message)
+        self.unconfirmed = tuple(unconfirmed)
 
 
 @dataclass(frozen=True)
@@ -64,7 +76,8 @@ class Broker(Protocol):
     async def publish(self, message_ids: Sequence[UUID]) -> None:
         """Publish ids to the main queue; returns only once every publish is confirmed.
 
-        Raises BrokerError when any publish is not confirmed.
+        Raises BrokerError when any publish is not confirmed; an UnconfirmedPublish when the
+        others are known to be confirmed.
         """
 
     async def publish_dead(self, message_id: UUID, reason: str, dead_at: datetime) -> None:

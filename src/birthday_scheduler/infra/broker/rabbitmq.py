@@ -55,6 +55,7 @@ from birthday_scheduler.infra.broker.base import (
     DeadLetter,
     DeadLetterScan,
     MessageHandler,
+    UnconfirmedPublish,
 )
 from birthday_scheduler.infra.broker.policy import (
     DELIVERY_LIMIT,
@@ -199,21 +200,31 @@ class RabbitBroker:
         channel = self._require(self._publish_channel)
         for start in range(0, len(message_ids), self._publish_batch):
             batch = message_ids[start : start + self._publish_batch]
-            with self._errors(f"publish to {self._main_name!r}"):
-                # One deadline for the whole batch rather than one timer per message: the
-                # timers were a tenth of the publisher's CPU.
-                async with asyncio.timeout(self._timeout):
-                    underlay = await channel.get_underlay_channel()
-                    # Confirms are pipelined: the whole batch goes out before the first confirm
-                    # is awaited. Awaiting each one in turn costs a round trip per message.
-                    results = await self._publish_confirmed(underlay, batch)
-            failures = [result for result in results if isinstance(result, BaseException)]
-            if failures:
-                log.error("broker.publish_failed", failed=len(failures), batch=len(batch))
-                raise BrokerError(
-                    f"{len(failures)} of {len(batch)} publishes to {self._main_name!r} "
-                    f"were not confirmed: {self._describe(failures[0])}"
-                ) from failures[0]
+            try:
+                with self._errors(f"publish to {self._main_name!r}"):
+                    # One deadline for the whole batch rather than one timer per message: the
+                    # timers were a tenth of the publisher's CPU.
+                    async with asyncio.timeout(self._timeout):
+                        underlay = await channel.get_underlay_channel()
+                        # Confirms are pipelined: the whole batch goes out before the first
+                        # confirm is awaited. Awaiting each in turn costs a round trip apiece.
+                        results = await self._publish_confirmed(underlay, batch)
+            except BrokerError as exc:
+                # The batches before this one were confirmed.
+                raise UnconfirmedPublish(str(exc), message_ids[start:]) from exc.__cause__
+            failed = [
+                (message_id, result)
+                for message_id, result in zip(batch, results, strict=True)
+                if isinstance(result, BaseException)
+            ]
+            if failed:
+                log.error("broker.publish_failed", failed=len(failed), batch=len(batch))
+                raise UnconfirmedPublish(
+                    f"{len(failed)} of {len(batch)} publishes to {self._main_name!r} "
+                    f"were not confirmed: {self._describe(failed[0][1])}",
+                    [message_id for message_id, _ in failed]
+                    + list(message_ids[start + len(batch) :]),
+                ) from failed[0][1]
 
     async def _publish_confirmed(
         self, underlay: aiormq.abc.AbstractChannel, batch: Sequence[UUID]
