@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Install the system tools the test suite runs, from Debian packages, when they are missing.
+# Install the system tools the test suite and `make bench` run, from Debian packages, when
+# they are missing.
 #
-#   scripts/ensure-tools.sh        (run by `make test` and `make tools`)
+#   scripts/ensure-tools.sh        (run by `make test`, `make bench` and `make tools`)
 #
 # Silent and instant when every tool is on PATH. Otherwise installs the packages that provide
 # the missing ones with apt-get, non-interactively, as root (or through password-less sudo).
@@ -17,6 +18,7 @@ TOOLS=(
     "promtool   prometheus  tests/deploy: checks the alert rules and runs their unit tests"
     "prometheus prometheus  tests/acceptance/test_prometheus_scrape.py: scrapes the processes"
     "chromium   chromium    tests/browser: the operator console driven by Playwright, headless"
+    "wrk        wrk         make bench and tests/acceptance/test_bench_runs.py: the API under load"
 )
 
 say() { printf 'ensure-tools: %s\n' "$*" >&2; }
