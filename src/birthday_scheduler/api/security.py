@@ -16,7 +16,8 @@ from birthday_scheduler.errors import ProblemError
 class TokenAuth:
     tokens: tuple[str, ...]
 
-    def __call__(self, request: Request) -> None:
+    # async, as every dependency here: FastAPI runs a plain def in its thread pool.
+    async def __call__(self, request: Request) -> None:
         if not self.tokens:
             return
         header = request.headers.get("authorization", "")
@@ -42,7 +43,7 @@ class RateLimiter:
     max_clients: int = 10_000
     _buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
 
-    def __call__(self, request: Request) -> None:
+    async def __call__(self, request: Request) -> None:
         if self.per_minute <= 0:
             return
         client = request.client.host if request.client else "unknown"

@@ -9,13 +9,17 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.util import greenlet_spawn
 
+from birthday_scheduler.infra.db_faults import is_unavailable
 from birthday_scheduler.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
@@ -42,12 +46,14 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
     # (`command_timeout`: the backstop for a connection that went silent under a scheduler or
     # worker, as long as the runbook's "end queries older than 5 minutes"; SQLAlchemy then
     # discards that connection). The API bounds its requests far tighter (users/routes.py).
-    # Pre-ping replaces connections a restart killed before a request gets them.
-    return create_async_engine(
+    # No pool_pre_ping: it cost three round trips a checkout (BEGIN, ping, ROLLBACK). A
+    # connection a restart killed is replaced for free at checkout when its driver has seen it
+    # close (below), and a read that still meets one runs again on a fresh connection
+    # (db_faults.retry_stale).
+    engine = create_async_engine(
         target,
         pool_size=settings.database_pool_max,
         max_overflow=0,
-        pool_pre_ping=True,
         pool_timeout=10,
         # asyncpg caches prepared statements per connection; keep them for the hot queries.
         connect_args={
@@ -56,6 +62,17 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             "command_timeout": 300,
         },
     )
+    event.listen(engine.sync_engine, "checkout", _replace_closed)
+    return engine
+
+
+def _replace_closed(_dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+    """A local, free check in place of a ping: when the server ended this connection (a
+    restart, pg_terminate_backend), asyncpg has already marked it closed; DisconnectionError
+    makes the pool open a new one in its place before anyone gets it."""
+    driver = record.driver_connection
+    if driver is not None and driver.is_closed():
+        raise DisconnectionError("pooled connection closed by the server")
 
 
 def _sqlite_engine(target: str) -> AsyncEngine:
@@ -97,6 +114,31 @@ async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
     """One transaction: commits when the block ends, rolls back when it raises."""
     async with sessions() as session, session.begin():
         yield session
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """A pooled connection's own asyncpg connection, for the API's hot statements: no
+    SQLAlchemy in between and no transaction around it (one statement is its own transaction;
+    the pool's reset on return is then a no-op, not a ROLLBACK).
+
+    The connection goes back to the pool unless something other than an ordinary SQL error
+    (a constraint, say) interrupted it: cancelled mid-statement, it is in no known state. A
+    dead connection also invalidates the pool, as SQLAlchemy does on a disconnect, so the
+    other connections from before a restart are replaced at their next checkout."""
+    pooled = await engine.raw_connection()
+    try:
+        yield pooled.driver_connection
+    except BaseException as exc:
+        # An error the server reported (it has a SQLSTATE) leaves the connection usable.
+        reported = isinstance(getattr(exc, "sqlstate", None), str)
+        if not reported or is_unavailable(exc):
+            if is_unavailable(exc):
+                engine.sync_engine.pool._invalidate(pooled, exc, _checkin=False)
+            await greenlet_spawn(pooled.invalidate, exc)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)
 
 
 async def warm_pool(engine: AsyncEngine, connections: int) -> None:

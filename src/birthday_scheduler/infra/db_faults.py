@@ -9,8 +9,9 @@ API). Anything else (a bug, a constraint we did not expect) still propagates as 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from sqlalchemy import exc as sa_exc
 
@@ -23,6 +24,7 @@ log = get_logger(__name__)
 # connections, shutting down or starting up.
 _UNAVAILABLE_SQLSTATES = ("08", "53300", "57P01", "57P02", "57P03")
 _CHAIN_DEPTH = 8
+T = TypeVar("T")
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -45,13 +47,44 @@ def _unavailable(error: BaseException) -> bool:
     sqlstate = getattr(error, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate.startswith(_UNAVAILABLE_SQLSTATES):
         return True
-    # asyncpg's own word for a connection that went away under an operation.
-    return type(error).__name__ == "InterfaceError" and "connection is closed" in str(error)
+    return _refused_by_driver(error)
+
+
+def _refused_by_driver(error: BaseException) -> bool:
+    """asyncpg refused to send anything on a connection it knows is dead."""
+    name = type(error).__name__
+    # Closed: the server ended it and the socket closed.
+    if name == "InterfaceError" and "connection is closed" in str(error):
+        return True
+    # Ended while it sat in the pool, before its socket closed: it got the server's FATAL
+    # notice and waits for a ReadyForQuery that never comes.
+    return name == "InternalClientError" and "another operation" in str(error)
 
 
 def is_unavailable(exc: BaseException) -> bool:
     """True when `exc` means the database cannot be reached or did not answer in time."""
     return any(_unavailable(error) for error in _chain(exc))
+
+
+async def retry_stale(
+    attempt: Callable[[], Awaitable[T]], *, safe: Callable[[BaseException], bool]
+) -> T:
+    """Run `attempt`; when it fails because its connection was dead (killed by a restart the
+    database has since recovered from) and `safe(error)` says running it again cannot write
+    twice, run it once more: the failure invalidated the pool, so the second attempt gets a
+    fresh connection. A database that is really down fails the second attempt too."""
+    try:
+        return await attempt()
+    except Exception as exc:
+        if not (is_unavailable(exc) and safe(exc)):
+            raise
+        log.info("db.retried_on_fresh_connection", error=type(exc).__name__)
+        return await attempt()
+
+
+def always(_error: BaseException) -> bool:
+    """For reads: running one again is always safe."""
+    return True
 
 
 @asynccontextmanager

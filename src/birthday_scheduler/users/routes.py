@@ -10,8 +10,8 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.api.context import ApiContext
-from birthday_scheduler.infra.db import unit_of_work
-from birthday_scheduler.infra.db_faults import database_deadline
+from birthday_scheduler.api.json import JsonDocument
+from birthday_scheduler.infra.db_faults import database_deadline, retry_stale
 from birthday_scheduler.messages.kinds import KINDS
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.users import history
@@ -39,7 +39,8 @@ BODY: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _context(request: Request) -> ApiContext:
+async def _context(request: Request) -> ApiContext:
+    # async: FastAPI runs a plain def dependency in its thread pool, a hand-off per request.
     context: ApiContext = request.app.state.context
     return context
 
@@ -49,33 +50,49 @@ Context = Annotated[ApiContext, Depends(_context)]
 
 async def _transaction(context: ApiContext, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one transaction, committed before the response is sent (a dependency
-    with `yield` would commit after it), within the request's database deadline."""
-    async with (
-        database_deadline(DATABASE_DEADLINE_S),
-        unit_of_work(context.sessions) as session,
-    ):
-        return await work(session)
+    with `yield` would commit after it), within the request's database deadline. Work that
+    failed on a dead connection before its commit (nothing was written) runs once more."""
+    committing = False
+
+    async def attempt() -> T:
+        nonlocal committing
+        async with context.sessions() as session:
+            async with session.begin():
+                result = await work(session)
+                committing = True
+            return result
+
+    async with database_deadline(DATABASE_DEADLINE_S):
+        return await retry_stale(attempt, safe=lambda _: not committing)
+
+
+async def _statement(work: Awaitable[T]) -> T:
+    """A hot path's own statement (service and repository run it) within the deadline."""
+    async with database_deadline(DATABASE_DEADLINE_S):
+        return await work
 
 
 def build_router(dependencies: list[object]) -> APIRouter:
     router = APIRouter(prefix="/users", tags=["users"], dependencies=dependencies, responses=ERRORS)  # type: ignore[arg-type]
 
     @router.post("", status_code=201, response_model=UserOut, responses=CONFLICT | BODY)
-    async def create_user(body: UserWrite, context: Context) -> UserOut:
+    async def create_user(body: UserWrite, context: Context) -> Response:
         now = context.clock.now()
-        return await _transaction(context, lambda s: context.users.create(s, body, now))
+        created = await _statement(context.users.create(context.engine, body, now))
+        return JsonDocument(created, status_code=201)
 
     @router.get("", response_model=UserPage)
     async def list_users(
         context: Context,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
-    ) -> UserPage:
-        return await _transaction(context, lambda s: context.users.list_page(s, limit, cursor))
+    ) -> Response:
+        page = await _statement(context.users.read_page(context.engine, limit, cursor))
+        return JsonDocument(page)
 
     @router.get("/{user_id}", response_model=UserOut, responses=NOT_FOUND)
-    async def get_user(user_id: uuid.UUID, context: Context) -> UserOut:
-        return await _transaction(context, lambda s: context.users.get(s, user_id))
+    async def get_user(user_id: uuid.UUID, context: Context) -> Response:
+        return JsonDocument(await _statement(context.users.read(context.engine, user_id)))
 
     @router.put("/{user_id}", response_model=UserOut, responses=NOT_FOUND | CONFLICT | BODY)
     async def replace_user(user_id: uuid.UUID, body: UserWrite, context: Context) -> UserOut:

@@ -1,13 +1,18 @@
-"""Users: the rules of create, read, change and delete. Never commits; the route's unit of
-work does, so a user and its plan are written together or not at all."""
+"""Users: the rules of create, read, change and delete.
+
+Changes never commit: the route's unit of work does, so a user and its plan are written
+together or not at all. The hot paths need no unit of work: a create writes the user and its
+plan in one statement, and a read is one statement (repository.py)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from birthday_scheduler.errors import FieldProblem, NotFoundError, ValidationProblem
 from birthday_scheduler.infra import keyset
@@ -15,7 +20,7 @@ from birthday_scheduler.messages import planning, schedules
 from birthday_scheduler.messages.kinds import KINDS
 from birthday_scheduler.users import repository as repo
 from birthday_scheduler.users.models import User
-from birthday_scheduler.users.schemas import NextMessage, UserOut, UserPage, UserPatch, UserWrite
+from birthday_scheduler.users.schemas import NextMessage, UserOut, UserPatch, UserWrite
 
 # The earliest calendar date anywhere on Earth is UTC+14, so "today" reaches that far ahead.
 _EARLIEST_ZONE = timedelta(hours=14)
@@ -25,27 +30,36 @@ _EARLIEST_ZONE = timedelta(hours=14)
 class UsersService:
     policy: planning.PlanningPolicy
 
-    async def create(self, session: AsyncSession, body: UserWrite, now: datetime) -> UserOut:
+    async def create(self, engine: AsyncEngine, body: UserWrite, now: datetime) -> Document:
+        """The user and its plan in one statement; the response is built from what was
+        written, not read back."""
         _check_dates(body.date_of_birth, body.anniversary_date, now)
-        user_id = uuid.uuid4()
         notifications = body.notifications or {}
-        await repo.insert_user(
-            session,
-            {
-                "id": user_id,
-                "first_name": body.first_name,
-                "last_name": body.last_name,
-                "email": body.email,
-                "date_of_birth": body.date_of_birth,
-                "timezone": body.timezone,
-                "timezone_offset_minutes": body.timezone_offset,
-                "anniversary_date": body.anniversary_date,
-                "send_local_time": body.send_local_time,
-                "notifications": notifications,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
+        values = {
+            "id": uuid.uuid4(),
+            "first_name": body.first_name,
+            "last_name": body.last_name,
+            "email": body.email,
+            "date_of_birth": body.date_of_birth,
+            "timezone": body.timezone,
+            "timezone_offset_minutes": body.timezone_offset,
+            "anniversary_date": body.anniversary_date,
+            "send_local_time": body.send_local_time,
+            "notifications": notifications,
+            "created_at": now,
+            "updated_at": now,
+        }
+        plan = self._new_user_plan(body, _enabled(notifications), now)
+        await repo.insert_user_with_plan(engine, values, plan)
+        # The order GET reads them in: by instant, then kind.
+        planned = sorted(((kind, at) for kind, at, _ in plan), key=lambda p: (p[1], p[0]))
+        return user_document([values[column.name] for column in repo.USER_COLUMNS], planned)
+
+    def _new_user_plan(
+        self, body: UserWrite, enabled: set[str], now: datetime
+    ) -> list[tuple[str, datetime, date]]:
+        """(kind, instant, occasion date) of each kind a new user receives: what
+        planning.plan_user writes for a user with no history, computed without the session."""
         facts = planning.facts_of(
             body.date_of_birth,
             body.timezone,
@@ -53,23 +67,38 @@ class UsersService:
             body.anniversary_date,
             body.send_local_time,
         )
-        await planning.plan_user(session, user_id, facts, _enabled(notifications), self.policy, now)
-        return await self.get(session, user_id)
+        plan = []
+        for kind in KINDS.values():
+            if kind.name not in enabled:
+                continue
+            occurrence = planning.first_open_occurrence(kind, facts, self.policy.send_time, now)
+            if occurrence is not None:
+                plan.append((kind.name, occurrence.instant, occurrence.local_date))
+        return plan
+
+    async def read(self, engine: AsyncEngine, user_id: uuid.UUID) -> Document:
+        """A live user and its next messages: one statement, no transaction around it."""
+        found = await repo.read_live_with_plan(engine, user_id)
+        if found is None:
+            raise NotFoundError("No live user has this id.")
+        return user_document(*found)
+
+    async def read_page(self, engine: AsyncEngine, limit: int, cursor: str | None) -> Document:
+        """A page of live users with their next messages, in one statement."""
+        after = keyset.decode(cursor) if cursor else None
+        users = await repo.read_page_with_plans(engine, limit + 1, after)
+        more = len(users) > limit
+        users = users[:limit]
+        last = users[-1][0] if users else None
+        return {
+            "data": [user_document(row, planned) for row, planned in users],
+            "nextCursor": keyset.encode(last[_CREATED_AT], last[0]) if more and last else None,
+        }
 
     async def get(self, session: AsyncSession, user_id: uuid.UUID) -> UserOut:
         user = await _live(session, user_id)
         planned = await schedules.next_messages(session, [user.id])
         return _out(user, planned.get(user.id, []))
-
-    async def list_page(self, session: AsyncSession, limit: int, cursor: str | None) -> UserPage:
-        users = await repo.page(session, limit + 1, keyset.decode(cursor) if cursor else None)
-        more = len(users) > limit
-        users = users[:limit]
-        planned = await schedules.next_messages(session, [u.id for u in users])
-        return UserPage(
-            data=[_out(u, planned.get(u.id, [])) for u in users],
-            next_cursor=keyset.encode(users[-1].created_at, users[-1].id) if more else None,
-        )
 
     async def replace(
         self, session: AsyncSession, user_id: uuid.UUID, body: UserWrite, now: datetime
@@ -188,3 +217,42 @@ def _out(user: User, planned: list[tuple[str, datetime]]) -> UserOut:
         next_messages=[NextMessage(kind=kind, at=at) for kind, at in planned],
         next_message_at=planned[0][1] if planned else None,
     )
+
+
+Document = dict[str, Any]
+_CREATED_AT = [column.name for column in repo.USER_COLUMNS].index("created_at")
+
+
+def user_document(row: Sequence[Any], planned: Sequence[tuple[str, datetime]]) -> Document:
+    """UserOut's wire form (its camelCase names, in its field order) from a row in
+    repository.USER_COLUMNS order; api/json.py encodes it as pydantic would encode UserOut."""
+    (
+        user_id,
+        first_name,
+        last_name,
+        email,
+        date_of_birth,
+        timezone,
+        offset,
+        anniversary,
+        send_local_time,
+        notifications,
+        created_at,
+        updated_at,
+    ) = row[: len(repo.USER_COLUMNS)]
+    return {
+        "id": user_id,
+        "firstName": first_name,
+        "lastName": last_name,
+        "email": email,
+        "dateOfBirth": date_of_birth,
+        "timezone": timezone,
+        "timezoneOffset": offset,
+        "anniversaryDate": anniversary,
+        "sendLocalTime": send_local_time.strftime("%H:%M") if send_local_time else None,
+        "notifications": {kind: notifications.get(kind, True) for kind in KINDS},
+        "createdAt": created_at,
+        "updatedAt": updated_at,
+        "nextMessages": [{"kind": kind, "at": at} for kind, at in planned],
+        "nextMessageAt": planned[0][1] if planned else None,
+    }
