@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 
 from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.messages.models import MessageSchedule
-from birthday_scheduler.users import importer
+from birthday_scheduler.users import import_rows, importer
 from birthday_scheduler.users.models import User
 from support import child_env, user_body
 
@@ -310,3 +310,28 @@ async def test_an_email_taken_after_the_look_up_is_skipped_not_duplicated(
     summary = await run_import(resources, source, tmp_path / "r.csv")
     assert (summary.imported, summary.existing, summary.rejected) == (1, 1, 0)
     assert await counts(resources) == (2, 2)
+
+
+async def test_an_interrupted_import_keeps_whole_chunks_and_a_rerun_finishes_it(
+    resources: runtime.Resources, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)
+    source = write_csv(tmp_path / "u.csv", [row(f"user-{i}@example.com") for i in range(5)])
+    prepare = import_rows.prepare_chunk
+    calls = 0
+
+    def dies_on_the_third_chunk(*args: Any) -> import_rows.PreparedChunk:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise RuntimeError("killed")
+        return prepare(*args)
+
+    monkeypatch.setattr(import_rows, "prepare_chunk", dies_on_the_third_chunk)
+    with pytest.raises(RuntimeError, match="killed"):
+        await run_import(resources, source, tmp_path / "r.csv")
+    assert await counts(resources) == (4, 4)  # two whole chunks, each user with its schedule
+    monkeypatch.setattr(import_rows, "prepare_chunk", prepare)
+    summary = await run_import(resources, source, tmp_path / "r.csv")
+    assert (summary.imported, summary.existing, summary.rejected) == (1, 4, 0)
+    assert await counts(resources) == (5, 5)
