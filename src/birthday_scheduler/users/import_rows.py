@@ -105,8 +105,6 @@ class PreparedChunk:
     their schedules, the rejected rows, and rows repeating an email seen earlier in the chunk."""
 
     users: list[NewUser] = field(default_factory=list)
-    # Each user's email, lowercased: the key of ux_users_email_live.
-    email_keys: list[str] = field(default_factory=list)
     schedules: list[ScheduleAdvance] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     rejected_rows: int = 0
@@ -161,7 +159,6 @@ def prepare_chunk(
                 now,
             )
         )
-        chunk.email_keys.append(key)
         shape = plan_key(body, notifications)
         plan = plans.get(shape)
         if plan is None:  # a chunk of 10,000 users holds far fewer distinct plans

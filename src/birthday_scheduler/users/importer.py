@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any, cast
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from birthday_scheduler.clock import Clock, SystemClock
@@ -51,7 +51,6 @@ from birthday_scheduler.users.import_rows import NewUser, PreparedChunk, Record
 from birthday_scheduler.users.models import User
 
 CHUNK_ROWS = 10_000
-_SQLITE_LOOKUP = 500  # emails per IN list: well under SQLite's bound-parameter limit
 _users = cast(Table, User.__table__)
 _schedules = cast(Table, MessageSchedule.__table__)
 USER_COLUMNS = NewUser._fields
@@ -261,13 +260,22 @@ def _writer(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> 
 
 _COLUMN_LIST = ", ".join(USER_COLUMNS)
 # Uses ux_users_email_live (its expression and predicate, exactly).
+# Which of the chunk's emails a live user has, by the database's own lower(), the expression
+# and predicate of ux_users_email_live (so the look-up uses it, and agrees with it exactly).
+# LATERAL … LIMIT 1: one index probe per email, whatever the planner thinks of the table's size.
 _LIVE_EMAILS = (
-    "SELECT lower(email) FROM users WHERE deleted_at IS NULL AND lower(email) = ANY($1::text[])"
+    "SELECT e FROM unnest($1::text[]) AS e CROSS JOIN LATERAL "
+    "(SELECT 1 FROM users WHERE lower(email) = lower(e) AND deleted_at IS NULL LIMIT 1) AS live"
 )
 # Constants only. No conflict target: it yields to any unique index, ux_users_email_live too.
 _MOVE_STAGED = (
     f"INSERT INTO users ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM {_STAGING} "  # noqa: S608
     "ON CONFLICT DO NOTHING RETURNING id"
+)
+
+_SQLITE_LIVE_EMAILS = text(
+    "SELECT value FROM json_each(:emails) WHERE EXISTS "
+    "(SELECT 1 FROM users WHERE lower(email) = lower(value) AND deleted_at IS NULL)"
 )
 
 
@@ -287,8 +295,9 @@ async def _write_postgres(pg: Any, chunk: PreparedChunk) -> int:
 async def _copy_new(pg: Any, chunk: PreparedChunk) -> int:
     """The users whose email no live user has, COPYed straight into users (a unique
     violation, if a writer races us, rolls the chunk back), and their schedules."""
-    taken = {row[0] for row in await pg.fetch(_LIVE_EMAILS, chunk.email_keys)}
-    users = [u for u, key in zip(chunk.users, chunk.email_keys, strict=True) if key not in taken]
+    emails = [u.email for u in chunk.users]
+    taken = {row[0] for row in await pg.fetch(_LIVE_EMAILS, emails)}
+    users = [u for u in chunk.users if u.email not in taken] if taken else chunk.users
     if users:
         await pg.copy_records_to_table("users", records=users, columns=USER_COLUMNS)
     await _copy_schedules(pg, chunk, {u.id for u in users} if taken else None)
@@ -315,8 +324,8 @@ async def _write_sqlite(sessions: async_sessionmaker[AsyncSession], chunk: Prepa
     if not chunk.users:
         return 0
     async with unit_of_work(sessions) as session:
-        taken = await _live_emails(session, chunk.email_keys)
-        new = [u for u, key in zip(chunk.users, chunk.email_keys, strict=True) if key not in taken]
+        taken = await _live_emails(session, [u.email for u in chunk.users])
+        new = [u for u in chunk.users if u.email not in taken]
         if not new:
             return 0
         await session.execute(insert(_users), [_user_values(u) for u in new])
@@ -327,16 +336,9 @@ async def _write_sqlite(sessions: async_sessionmaker[AsyncSession], chunk: Prepa
     return len(new)
 
 
-async def _live_emails(session: AsyncSession, keys: Sequence[str]) -> set[str]:
-    lowered = func.lower(_users.c.email)
-    taken: set[str] = set()
-    for start in range(0, len(keys), _SQLITE_LOOKUP):
-        batch = keys[start : start + _SQLITE_LOOKUP]
-        rows = await session.execute(
-            select(lowered).where(_users.c.deleted_at.is_(None), lowered.in_(batch))
-        )
-        taken.update(rows.scalars())
-    return taken
+async def _live_emails(session: AsyncSession, emails: Sequence[str]) -> set[str]:
+    rows = await session.execute(_SQLITE_LIVE_EMAILS, {"emails": json.dumps(emails)})
+    return set(rows.scalars())
 
 
 def _user_values(user: NewUser) -> dict[str, Any]:
