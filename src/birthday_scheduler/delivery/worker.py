@@ -4,6 +4,11 @@ Thin shell around the ledger: returning from `handle` acks the broker message, r
 back. Only the conditional update into `sending` may lead to a send, so redeliveries and
 replicas never send one row twice, and the Idempotency-Key covers a send whose outcome was
 lost.
+
+The messages in flight share their database work: claims wait a few milliseconds to go out
+together as one statement, and so do outcomes (delivery/batcher.py). Each `handle` still gets
+its own answer, returns only once its own outcome is committed, and raises when the batch it
+was in failed, so its broker message is handed back.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -19,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from birthday_scheduler.clock import Clock
 from birthday_scheduler.delivery.backoff import retry_delay
+from birthday_scheduler.delivery.batcher import Batcher
 from birthday_scheduler.delivery.breaker import CircuitBreaker
 from birthday_scheduler.delivery.client import Outcome, SendResult
 from birthday_scheduler.infra.broker.base import Broker
@@ -35,6 +43,22 @@ from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.messages.sweep import late_reason
 
 log = get_logger(__name__)
+
+# A batch of claims or outcomes leaves this long after its first message arrived, or once it
+# holds BATCH_MAX_ITEMS: a couple of milliseconds of latency buys one round trip for dozens of
+# messages. BATCHES_IN_FLIGHT per kind bounds the database connections batches hold at once
+# (two kinds: four of the pool's DATABASE_POOL_MAX); messages arriving meanwhile make the next
+# batch bigger.
+BATCH_WINDOW_S = 0.002
+BATCH_MAX_ITEMS = 100
+BATCHES_IN_FLIGHT = 2
+
+_SENT = MESSAGES_PROCESSED.labels(outcome="sent")
+_RETRIED = MESSAGES_PROCESSED.labels(outcome="retried")
+_DEAD = MESSAGES_PROCESSED.labels(outcome="dead")
+_SKIPPED = MESSAGES_PROCESSED.labels(outcome="skipped")
+_CANCELLED = MESSAGES_PROCESSED.labels(outcome="cancelled")
+_ISOLATED = MESSAGES_ISOLATED.labels(stage="delivery")
 
 
 class Sender(Protocol):
@@ -62,6 +86,24 @@ class DeliveryWorker:
     catch_up_window: timedelta
     texts: Texts = DEFAULT_TEXTS  # each kind's message text (MESSAGE_TEMPLATE_<KIND>)
     rng: random.Random = field(default_factory=random.Random)
+    batch_window_s: float = BATCH_WINDOW_S
+    batch_max_items: int = BATCH_MAX_ITEMS
+    _claims: Batcher[uuid.UUID, claims.ClaimAnswer] = field(init=False, repr=False)
+    _outcomes: Batcher[claims.OutcomeWrite, bool] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._claims = Batcher(
+            self._claim_batch,
+            max_items=self.batch_max_items,
+            window_s=self.batch_window_s,
+            max_in_flight=BATCHES_IN_FLIGHT,
+        )
+        self._outcomes = Batcher(
+            self._record_batch,
+            max_items=self.batch_max_items,
+            window_s=self.batch_window_s,
+            max_in_flight=BATCHES_IN_FLIGHT,
+        )
 
     async def handle(self, message_id: uuid.UUID) -> None:
         # The breaker comes first: while it is open, messages wait without spending attempts.
@@ -73,34 +115,38 @@ class DeliveryWorker:
             if not reported:
                 self.breaker.release()
 
+    async def _claim_batch(self, message_ids: Sequence[uuid.UUID]) -> list[claims.ClaimAnswer]:
+        # One instant for the batch: the claim's `now` is when its statement runs.
+        now = self.clock.now()
+        async with _batch_session(self.sessions) as session:
+            return await claims.claim_batch(
+                session,
+                message_ids,
+                now,
+                self.lease,
+                now - self.catch_up_window,
+                late_reason(self.catch_up_window),
+            )
+
+    async def _record_batch(self, writes: Sequence[claims.OutcomeWrite]) -> list[bool]:
+        async with _batch_session(self.sessions) as session:
+            return await claims.record_outcomes(session, writes)
+
     async def _deliver(self, message_id: uuid.UUID) -> bool:
         """Returns True once the breaker has been told how the call went."""
-        now = self.clock.now()
-        on_time_since = now - self.catch_up_window
-        late = False
-        async with unit_of_work(self.sessions) as session:
-            claimed = await claims.claim_for_sending(
-                session, message_id, now, self.lease, on_time_since
-            )
-            if claimed is None:
-                late = await claims.skip_if_late(
-                    session, message_id, now, on_time_since, late_reason(self.catch_up_window)
-                )
-            elif claimed.user_deleted:
-                await claims.record_outcome(
-                    session, claimed.id, claimed.attempts, MessageStatus.CANCELLED, now
-                )
+        answer = await self._claims.submit(message_id)
+        claimed = answer.claimed
         if claimed is None:
-            if late:
-                MESSAGES_PROCESSED.labels(outcome="skipped").inc()
+            if answer.skipped_late:
+                _SKIPPED.inc()
                 log.warning("message.skipped", message_id=str(message_id), reason="late")
             else:
                 # Sent, finished, held by another worker, or not due yet: the ledger knows,
                 # and the sweep re-publishes whatever still needs sending.
                 log.debug("message.not_claimable", message_id=str(message_id))
             return False
-        if claimed.user_deleted:
-            MESSAGES_PROCESSED.labels(outcome="cancelled").inc()
+        if claimed.user_deleted:  # recorded `cancelled` along with the claim
+            _CANCELLED.inc()
             return False
         if claimed.attempts > self.retry.max_attempts:
             # Every earlier attempt ended without an outcome (its worker died mid-call): this
@@ -133,7 +179,7 @@ class DeliveryWorker:
         context = {"message_id": str(claimed.id), "kind": claimed.kind, "attempt": claimed.attempts}
         if result.outcome is Outcome.SENT:
             await self._write(claimed, MessageStatus.SENT, now)
-            MESSAGES_PROCESSED.labels(outcome="sent").inc()
+            _SENT.inc()
             log.info("message.sent", **context)
             return
         if result.outcome is Outcome.RETRYABLE and claimed.attempts < self.retry.max_attempts:
@@ -148,7 +194,7 @@ class DeliveryWorker:
             await self._write(
                 claimed, MessageStatus.FAILED, now, error=result.reason, retry_at=retry_at
             )
-            MESSAGES_PROCESSED.labels(outcome="retried").inc()
+            _RETRIED.inc()
             log.warning(
                 "message.retry_scheduled", **context, reason=result.reason, delay_s=round(delay, 3)
             )
@@ -161,7 +207,7 @@ class DeliveryWorker:
         await self._dead_letter(claimed, reason, now)
 
     async def _isolate(self, claimed: claims.ClaimedMessage, reason: str) -> None:
-        MESSAGES_ISOLATED.labels(stage="delivery").inc()
+        _ISOLATED.inc()
         await self._dead_letter(claimed, reason, self.clock.now())
 
     async def _dead_letter(
@@ -170,7 +216,7 @@ class DeliveryWorker:
         # The DLQ copy goes first, so a row marked dead always has its copy there.
         await self.broker.publish_dead(claimed.id, reason, now)
         await self._write(claimed, MessageStatus.DEAD, now, error=reason)
-        MESSAGES_PROCESSED.labels(outcome="dead").inc()
+        _DEAD.inc()
         log.error(
             "message.dead_lettered",
             message_id=str(claimed.id),
@@ -188,9 +234,8 @@ class DeliveryWorker:
         error: str | None = None,
         retry_at: datetime | None = None,
     ) -> None:
-        async with unit_of_work(self.sessions) as session:
-            recorded = await claims.record_outcome(
-                session,
+        recorded = await self._outcomes.submit(
+            claims.OutcomeWrite(
                 claimed.id,
                 claimed.attempts,
                 status,
@@ -198,6 +243,7 @@ class DeliveryWorker:
                 error=error[:500] if error else None,
                 retry_at=retry_at,
             )
+        )
         if not recorded:
             log.warning(
                 "message.outcome_superseded",
@@ -205,6 +251,22 @@ class DeliveryWorker:
                 attempt=claimed.attempts,
                 status=status.value,
             )
+
+
+@asynccontextmanager
+async def _batch_session(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """Where a batch is one statement (PostgreSQL), it runs in autocommit: the statement is its
+    own transaction, committed when it returns, and BEGIN and COMMIT cost no round trips.
+    Elsewhere it is a unit of work."""
+    async with sessions() as session:
+        if claims.is_one_statement(session):
+            await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+            yield session
+            return
+    async with unit_of_work(sessions) as session:
+        yield session
 
 
 def _detail(exc: Exception) -> str:
