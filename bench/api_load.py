@@ -65,7 +65,7 @@ class Load:
     rps: float  # successful (2xx/3xx) responses per second
     p99_ms: float
     requests: int
-    errors: int
+    errors: str  # by kind, e.g. "0" or "3 status, 2 timeout"
 
 
 def _script(ctx: Context, name: str, text: str) -> Path:
@@ -75,7 +75,10 @@ def _script(ctx: Context, name: str, text: str) -> Path:
 
 
 def wrk(base: str, path: str, seconds: float, script: Path) -> Load:
-    argv = [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--latency"]
+    # --timeout: a slow answer is counted in the latency histogram; wrk's default (2 s) would
+    # drop it from the percentiles as a timeout and flatter the p99.
+    argv = [WRK, "-t1", f"-c{CONNECTIONS}", f"-d{max(1, round(seconds))}s", "--timeout", "30s"]
+    argv.append("--latency")
     argv += ["-s", str(script)]
     done = subprocess.run(
         [*argv, base + path], capture_output=True, text=True, timeout=seconds + 60, check=False
@@ -89,7 +92,8 @@ def wrk(base: str, path: str, seconds: float, script: Path) -> Load:
     if line is None:
         raise RuntimeError(f"wrk printed no summary: {done.stdout[-300:]}")
     data = json.loads(line.removeprefix("BENCH_JSON "))
-    errors = sum(data[k] for k in ("connect", "read", "write", "status", "timeout"))
+    kinds = [f"{data[k]} {k}" for k in ("connect", "read", "write", "status", "timeout") if data[k]]
+    errors = ", ".join(kinds) or "0"
     good = data["requests"] - data["status"]
     return Load(
         rps=good / (data["duration_us"] / 1e6),
@@ -149,7 +153,7 @@ async def run(ctx: Context) -> dict[str, Result]:
     def detail(endpoint: str) -> str:
         a, b = loads[(endpoint, "api")], loads[(endpoint, "bare")]
         return (
-            f"{a.requests} requests, {a.errors} errors (bare: {b.requests}, {b.errors}); "
+            f"{a.requests} requests, errors: {a.errors} (bare: {b.requests}, errors: {b.errors}); "
             f"p99 bare {b.p99_ms:.1f} ms"
         )
 

@@ -89,12 +89,16 @@ async def run(ctx: Context) -> dict[str, Result]:
     timings = [float(t) for t in idle["timings_ms"]]  # type: ignore[attr-defined]
     scan_ms = await _full_scan_ms(url, seed.IDLE_NOW)
 
+    # The ceiling once on each side of the wave, the faster kept: on a noisy machine a single
+    # run of it can land in someone else's burst.
+    ceiling_runs = [await broker_ceiling.publish_rate(amqp_url(ctx.scope.vhost()), p.plan_due)]
     wave = child(
         ctx, "wave", "--database-url", database_url(wave_db),
         "--amqp-url", amqp_url(ctx.scope.vhost()), "--due", str(p.plan_due),
         "--now", seed.WAVE_NOW.isoformat(),
     )  # fmt: skip
-    publish_s = await broker_ceiling.publish_rate(amqp_url(ctx.scope.vhost()), p.plan_due)
+    ceiling_runs.append(await broker_ceiling.publish_rate(amqp_url(ctx.scope.vhost()), p.plan_due))
+    publish_s = min(ceiling_runs)
     wave_s = float(wave["seconds"])  # type: ignore[arg-type]
     return {
         "scheduler_idle_tick_ms": Result(
