@@ -11,7 +11,7 @@ from birthday_scheduler.api.context import ApiContext
 from birthday_scheduler.api.middleware import BodyGuardMiddleware, ObservabilityMiddleware
 from birthday_scheduler.api.openapi import openapi_document
 from birthday_scheduler.api.problems import install_problem_handlers
-from birthday_scheduler.api.security import RateLimiter, TokenAuth
+from birthday_scheduler.api.security import Guard, RateLimiter, TokenAuth
 from birthday_scheduler.console.router import PREFIX as CONSOLE
 from birthday_scheduler.console.router import build_router as console_router
 from birthday_scheduler.infra import migrate
@@ -32,18 +32,18 @@ def create_app(context: ApiContext) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
         redoc_url=None,
+        # No OpenTelemetry here (metrics are Prometheus): skip its per-request provider checks.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.context = context
     install_problem_handlers(app)
     tokens = tuple(token.get_secret_value() for token in context.settings.api_tokens)
-    guards = [
-        # The limit comes first, so failed authentications count too: guessing tokens ends in 429.
-        Depends(RateLimiter(context.settings.rate_limit_per_minute)),
-        Depends(TokenAuth(tokens)),
-    ]
-    app.include_router(users_router(guards))
+    guard = Guard(RateLimiter(context.settings.rate_limit_per_minute), TokenAuth(tokens))
     head = migrate.head_revision()  # once: the probes and the console compare with it
+    # Routes are matched in order: the few probes first (load balancers poll /alive), then
+    # the users API, then the console's many pages.
     app.include_router(health.build_router(head))
+    app.include_router(users_router(context, [Depends(guard)]))
     app.include_router(console_router(context, head))  # /admin: signs in and guards itself
     app.add_middleware(
         BodyGuardMiddleware,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import structlog
@@ -18,25 +19,30 @@ from birthday_scheduler.infra.metrics import HTTP_DURATION, HTTP_REQUESTS
 log = get_logger("birthday_scheduler.http")
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _QUIET_ROUTES = {"/metrics", "/alive", "/ready", "/health"}
+# Bounds the series cache: methods, route templates and statuses are few.
+_MAX_SERIES = 1_000
 
 
 class ObservabilityMiddleware:
     """Binds a request id, logs one line per request and records the runbook's metrics.
 
     The route label is the template (`/users/{user_id}`), never the raw path, so labels stay
-    bounded and carry no ids.
+    bounded and carry no ids. Per request it only scans the headers for one name and looks
+    up metric series it has already resolved (prometheus' `labels()` takes a lock and builds
+    a key on every call).
     """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        supplied = headers.get(b"x-request-id", b"").decode("latin-1")[:64]
-        request_id = supplied if supplied.isprintable() and supplied else str(uuid.uuid4())
+        request_id = _request_id(scope["headers"])
+        request_id_header = (b"x-request-id", request_id.encode())
         status = 500
         started = time.perf_counter()
 
@@ -45,29 +51,63 @@ class ObservabilityMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"].append((b"x-request-id", request_id.encode()))
+                message["headers"].append(request_id_header)
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
+        tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
             try:
-                await self.app(scope, receive, send_wrapper)
+                self._record(scope, status, time.perf_counter() - started)
             finally:
-                elapsed = time.perf_counter() - started
-                route = _route_template(scope)
-                method = scope["method"]
-                HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-                HTTP_DURATION.labels(method=method, route=route).observe(elapsed)
-                if route not in _QUIET_ROUTES or status >= 500:
-                    client = scope.get("client")
-                    log.info(
-                        "http.request",
-                        method=method,
-                        route=route,
-                        status=status,
-                        duration_ms=round(elapsed * 1000, 2),
-                        # The proxy headers middleware has put the client here, not the proxy.
-                        client=client[0] if client else None,
-                    )
+                structlog.contextvars.reset_contextvars(**tokens)
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        route = _route_template(scope)
+        method = scope["method"]
+        self._count(method, route, status).inc()
+        self._histogram(method, route).observe(elapsed)
+        if route not in _QUIET_ROUTES or status >= 500:
+            client = scope.get("client")
+            log.info(
+                "http.request",
+                method=method,
+                route=route,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+                # The proxy headers middleware has put the client here, not the proxy.
+                client=client[0] if client else None,
+            )
+
+    def _count(self, method: str, route: str, status: int) -> Any:
+        key = (method, route, status)
+        series = self._counters.get(key)
+        if series is None:
+            series = HTTP_REQUESTS.labels(method=method, route=route, status=str(status))
+            if len(self._counters) < _MAX_SERIES:
+                self._counters[key] = series
+        return series
+
+    def _histogram(self, method: str, route: str) -> Any:
+        key = (method, route)
+        series = self._histograms.get(key)
+        if series is None:
+            series = HTTP_DURATION.labels(method=method, route=route)
+            if len(self._histograms) < _MAX_SERIES:
+                self._histograms[key] = series
+        return series
+
+
+def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The caller's X-Request-ID (the last one sent) when it is short printable text, else a
+    new one."""
+    supplied = b""
+    for name, value in headers:
+        if name == b"x-request-id":
+            supplied = value
+    text = supplied.decode("latin-1")[:64]
+    return text if text and text.isprintable() else str(uuid.uuid4())
 
 
 def _route_template(scope: Scope) -> str:
@@ -99,12 +139,17 @@ class BodyGuardMiddleware:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
+        declared: bytes | None = None
+        raw_type = b""
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"content-type":
+                raw_type = value
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body_bytes):
             await self._reject(scope, send, _too_large(self.max_body_bytes))
             return
-        content_type = headers.get(b"content-type", b"").decode("latin-1").split(";")[0].strip()
+        content_type = raw_type.decode("latin-1").split(";")[0].strip()
         is_form = content_type == "application/x-www-form-urlencoded" and str(
             scope.get("path", "")
         ).startswith(self.form_prefixes)

@@ -62,3 +62,17 @@ class RateLimiter:
         self._buckets[client] = (tokens - 1, now)
         while len(self._buckets) > self.max_clients:
             self._buckets.popitem(last=False)
+
+
+@dataclass(eq=False)
+class Guard:
+    """The rate limit, then the token check, as one dependency: each dependency costs FastAPI
+    a resolution per request. The limit comes first, so failed authentications count too:
+    guessing tokens ends in 429."""
+
+    limit: RateLimiter
+    auth: TokenAuth
+
+    async def __call__(self, request: Request) -> None:
+        await self.limit(request)
+        await self.auth(request)

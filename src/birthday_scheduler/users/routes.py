@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from birthday_scheduler.api.context import ApiContext
@@ -39,15 +39,6 @@ BODY: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def _context(request: Request) -> ApiContext:
-    # async: FastAPI runs a plain def dependency in its thread pool, a hand-off per request.
-    context: ApiContext = request.app.state.context
-    return context
-
-
-Context = Annotated[ApiContext, Depends(_context)]
-
-
 async def _transaction(context: ApiContext, work: Callable[[AsyncSession], Awaitable[T]]) -> T:
     """Run `work` in one transaction, committed before the response is sent (a dependency
     with `yield` would commit after it), within the request's database deadline. Work that
@@ -72,18 +63,19 @@ async def _statement(work: Awaitable[T]) -> T:
         return await work
 
 
-def build_router(dependencies: list[object]) -> APIRouter:
+def build_router(context: ApiContext, dependencies: list[object]) -> APIRouter:
+    """The routes close over `context` rather than ask for it per request: FastAPI resolves
+    each dependency on every request."""
     router = APIRouter(prefix="/users", tags=["users"], dependencies=dependencies, responses=ERRORS)  # type: ignore[arg-type]
 
     @router.post("", status_code=201, response_model=UserOut, responses=CONFLICT | BODY)
-    async def create_user(body: UserWrite, context: Context) -> Response:
+    async def create_user(body: UserWrite) -> Response:
         now = context.clock.now()
         created = await _statement(context.users.create(context.engine, body, now))
         return JsonDocument(created, status_code=201)
 
     @router.get("", response_model=UserPage)
     async def list_users(
-        context: Context,
         limit: Annotated[int, Query(ge=1, le=100)] = 20,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
     ) -> Response:
@@ -91,21 +83,21 @@ def build_router(dependencies: list[object]) -> APIRouter:
         return JsonDocument(page)
 
     @router.get("/{user_id}", response_model=UserOut, responses=NOT_FOUND)
-    async def get_user(user_id: uuid.UUID, context: Context) -> Response:
+    async def get_user(user_id: uuid.UUID) -> Response:
         return JsonDocument(await _statement(context.users.read(context.engine, user_id)))
 
     @router.put("/{user_id}", response_model=UserOut, responses=NOT_FOUND | CONFLICT | BODY)
-    async def replace_user(user_id: uuid.UUID, body: UserWrite, context: Context) -> UserOut:
+    async def replace_user(user_id: uuid.UUID, body: UserWrite) -> UserOut:
         now = context.clock.now()
         return await _transaction(context, lambda s: context.users.replace(s, user_id, body, now))
 
     @router.patch("/{user_id}", response_model=UserOut, responses=NOT_FOUND | CONFLICT | BODY)
-    async def patch_user(user_id: uuid.UUID, body: UserPatch, context: Context) -> UserOut:
+    async def patch_user(user_id: uuid.UUID, body: UserPatch) -> UserOut:
         now = context.clock.now()
         return await _transaction(context, lambda s: context.users.patch(s, user_id, body, now))
 
     @router.delete("/{user_id}", status_code=204, responses=NOT_FOUND)
-    async def delete_user(user_id: uuid.UUID, context: Context) -> Response:
+    async def delete_user(user_id: uuid.UUID) -> Response:
         now = context.clock.now()
         await _transaction(context, lambda s: context.users.delete(s, user_id, now))
         return Response(status_code=204)
@@ -113,7 +105,6 @@ def build_router(dependencies: list[object]) -> APIRouter:
     @router.get("/{user_id}/messages", response_model=history.MessagePage, responses=NOT_FOUND)
     async def user_messages(
         user_id: uuid.UUID,
-        context: Context,
         # The service checks kinds against the registry per request; the enum documents the
         # kinds registered when the app was built.
         kind: Annotated[
