@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import csv
 import datetime as dt
+import gc
 import json
 import sys
 import time
@@ -155,7 +156,7 @@ async def import_file(
                 return None
             return import_rows.prepare_chunk(records, columns, default_send_time, clock.now())
 
-        with import_rows.memoized_email_domains():
+        with import_rows.memoized_email_domains(), _fewer_collections():
             async with _writer(engine, sessions) as write:
                 prepared = await asyncio.to_thread(prepare_next)
                 while prepared is not None:
@@ -172,6 +173,23 @@ async def import_file(
                     prepared = following
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """Python's cyclic GC, left as is, runs every 700 allocations and walks every live object
+    (the modules' included) at each full pass; validation allocates several objects a row.
+    Freezing what exists and collecting less often: prepare_chunk on 30,000 rows, 3 alternated
+    runs each on two files, median 51 -> 39 and 83 -> 64 µs a row. The rows hold no cycles, so
+    memory does not grow for it."""
+    threshold = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*threshold)
+        gc.unfreeze()
 
 
 def _account(summary: ImportSummary, chunk: PreparedChunk, inserted: int, report: Any) -> None:
