@@ -289,7 +289,6 @@ def _writer(engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]) -> 
 
 
 _COLUMN_LIST = ", ".join(USER_COLUMNS)
-# Uses ux_users_email_live (its expression and predicate, exactly).
 # Which of the chunk's emails a live user has, by the database's own lower(), the expression
 # and predicate of ux_users_email_live (so the look-up uses it, and agrees with it exactly).
 # LATERAL … LIMIT 1: one index probe per email, whatever the planner thinks of the table's size.
