@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from birthday_scheduler.clock import Clock
 from birthday_scheduler.errors import BrokerError
@@ -28,7 +28,7 @@ from birthday_scheduler.infra.metrics import (
     SCHEDULER_LAST_TICK,
     SCHEDULER_TICK_DURATION,
 )
-from birthday_scheduler.messages import heartbeat, schedules
+from birthday_scheduler.messages import heartbeat, idle_probe, schedules
 from birthday_scheduler.messages.ledger import planned as new_rows
 from birthday_scheduler.messages.ledger import publishing
 from birthday_scheduler.messages.models import MessageStatus
@@ -80,9 +80,10 @@ class Scheduler:
         Both happen in one transaction per batch, so an idle tick is a single round of reads.
         """
         started = time.perf_counter()
-        first = await self._batch(now)
-        batches = [first]
-        if first.full:
+        batches = []
+        if await self._anything_to_do(now):
+            batches.append(await self._batch(now))
+        if batches and batches[0].full:
             # A wave (every 1 January birthday at once, say): drain it in parallel lanes, as
             # replicas would; SKIP LOCKED keeps the lanes' batches apart.
             lanes = await asyncio.gather(*(self._drain(now) for _ in range(self.lanes)))
@@ -103,6 +104,12 @@ class Scheduler:
             duration_ms=report.duration_ms,
         )
         return report
+
+    async def _anything_to_do(self, now: datetime) -> bool:
+        engine = self.sessions.kw.get("bind")
+        if not isinstance(engine, AsyncEngine) or not idle_probe.supported(engine):
+            return True
+        return await idle_probe.anything_to_do(engine, now)
 
     async def _drain(self, now: datetime) -> list[_Batch]:
         batches = [await self._batch(now)]
