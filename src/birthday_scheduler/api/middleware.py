@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterable
@@ -68,7 +69,9 @@ class ObservabilityMiddleware:
         method = scope["method"]
         self._count(method, route, status).inc()
         self._histogram(method, route).observe(elapsed)
-        if route not in _QUIET_ROUTES or status >= 500:
+        # Asked first: structlog runs every processor (timestamp, masking) before the stdlib
+        # logger drops a line below its level.
+        if (route not in _QUIET_ROUTES or status >= 500) and log.isEnabledFor(logging.INFO):
             client = scope.get("client")
             log.info(
                 "http.request",
