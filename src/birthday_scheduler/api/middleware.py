@@ -71,7 +71,7 @@ class ObservabilityMiddleware:
         self._histogram(method, route).observe(elapsed)
         # Asked first: structlog runs every processor (timestamp, masking) before the stdlib
         # logger drops a line below its level.
-        if (route not in _QUIET_ROUTES or status >= 500) and log.isEnabledFor(logging.INFO):
+        if (route not in _QUIET_ROUTES or status >= 500) and _info_enabled():
             client = scope.get("client")
             log.info(
                 "http.request",
@@ -100,6 +100,13 @@ class ObservabilityMiddleware:
             if len(self._histograms) < _MAX_SERIES:
                 self._histograms[key] = series
         return series
+
+
+def _info_enabled() -> bool:
+    # The stdlib-backed logger configure_logging installs can tell; structlog's default
+    # (unconfigured, as in tests) cannot, and prints everything.
+    check = getattr(log, "isEnabledFor", None)
+    return check is None or bool(check(logging.INFO))
 
 
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
