@@ -234,10 +234,14 @@ async def test_rerun_and_repeated_emails_are_reported_as_present_not_duplicated(
     }
 
 
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(
+    database_url: str | None, *args: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = child_env(DATABASE_URL=database_url) if database_url else child_env()
     return subprocess.run(
         [SCRIPT, "users", "import", *args],
-        env=child_env(DATABASE_URL=database_url),
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -263,6 +267,17 @@ def test_cli_exit_codes_summary_and_report(database_url: str, tmp_path: Path) ->
     assert partly.returncode == 1, partly.stderr
     assert partly.stdout.startswith("imported 1, already present 0, rejected 1 (report: ")
     assert [line for line, _, _ in read_report(report)] == ["3"]
+
+
+def test_cli_on_the_embedded_default_of_a_fresh_checkout(tmp_path: Path) -> None:
+    """No DATABASE_URL: the embedded SQLite under ./var/, migrated on first use as `all` does."""
+    source = write_csv(tmp_path / "u.csv", [row("one@example.com")])
+    done = cli(None, str(source), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("imported 1, already present 0, rejected 0;")
+    again = cli(None, str(source), cwd=tmp_path)
+    assert again.stdout.startswith("imported 0, already present 1, rejected 0;")
+    assert list((tmp_path / "var").iterdir())
 
 
 @pytest.mark.parametrize(

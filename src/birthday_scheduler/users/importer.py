@@ -109,6 +109,8 @@ async def run(
     # (~15 MB of the 150 MB this command may use) for an engine and a clock.
     engine = create_engine(settings)
     try:
+        if settings.is_embedded_database:
+            await migrate.upgrade(engine)  # as `all` does: works on a fresh checkout
         return await import_file(
             engine,
             session_factory(engine),
