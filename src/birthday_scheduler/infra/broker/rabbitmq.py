@@ -236,10 +236,22 @@ class RabbitBroker:
                 return_exceptions=True,
             )
         channel = cast(aiormq.Channel, underlay)
+        # Rejected by aiormq when the channel closes: the confirms are plain futures (aiormq's
+        # own cost a set entry and two callbacks each, in the channel's and the connection's
+        # stores), so one sentinel per batch stands for them all.
+        closed = channel.create_future()
         confirms = await frames.publish_ids(channel, self._main_name, batch)
         try:
-            results: list[object] = await asyncio.gather(*confirms, return_exceptions=True)
+            settled = asyncio.gather(*confirms, return_exceptions=True)
+            await asyncio.wait((settled, closed), return_when=asyncio.FIRST_COMPLETED)
+            if not settled.done():
+                reason = closed.exception() or BrokerError("the channel closed")
+                for confirm in confirms:
+                    if not confirm.done():
+                        confirm.set_exception(reason)
+            results: list[object] = await settled
         finally:
+            closed.cancel()
             for confirm in confirms:
                 confirm.cancel()  # a deadline left them waiting: a late confirm is ignored
             frames.forget(channel, batch)

@@ -8,9 +8,11 @@ with its id spliced in (message_id property and body, both 36 bytes): a batch be
 write, and each message costs a confirmation future and two dict entries.
 
 The confirmation bookkeeping is aiormq's own (`confirmations` keyed by delivery tag,
-`message_id_delivery_tag` for Basic.Return of a mandatory publish), so acks, nacks, returns and
-a closing channel resolve these futures exactly as they resolve basic_publish's. `supported()`
-says whether the channel has that shape; otherwise the caller uses basic_publish.
+`message_id_delivery_tag` for Basic.Return of a mandatory publish), so acks, nacks and returns
+resolve these futures exactly as they resolve basic_publish's. They are plain loop futures, not
+the channel's (which a closing channel rejects, at a set entry and two callbacks apiece): the
+caller watches for the channel closing once per batch. `supported()` says whether the channel
+has that shape; otherwise the caller uses basic_publish.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ async def publish_ids(
     channel: aiormq.Channel, routing_key: str, message_ids: Sequence[UUID]
 ) -> list[asyncio.Future[object]]:
     """Write one persistent, mandatory message per id; returns their confirmation futures (an
-    Ack as result, an exception for a nack, a return or a closed channel).
+    Ack as result, an exception for a nack or a return; a closed channel leaves them pending).
 
     The caller must remove the ids from `message_id_delivery_tag` once settled (`forget`)."""
     if channel.is_closed:
@@ -78,6 +80,7 @@ async def publish_ids(
     futures: list[asyncio.Future[object]] = []
     confirmations = channel.confirmations
     by_message_id = channel.message_id_delivery_tag
+    loop = asyncio.get_running_loop()
     # The channel's lock keeps delivery tags in the order their frames reach the socket when
     # basic_publish (a dead letter, a DLQ scan) shares the channel.
     async with channel.lock:
@@ -86,7 +89,7 @@ async def publish_ids(
             text = str(message_id)
             encoded = text.encode()
             tag += 1
-            future = channel.create_future()
+            future = loop.create_future()
             confirmations[tag] = future
             by_message_id[text] = tag
             futures.append(future)
