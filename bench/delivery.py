@@ -28,7 +28,7 @@ from bench import broker_ceiling, seed
 from bench.context import Context
 from bench.results import Result
 from bench.scheduler import child
-from bench.services import Service, amqp_url, database_url, free_port
+from bench.services import amqp_url, database_url, free_port
 
 STATUS = """
 SELECT count(*) FILTER (WHERE status = 'sent') AS sent,
@@ -43,9 +43,7 @@ def _get_json(url: str) -> object:
         return json.loads(response.read())
 
 
-def _start_pipeline(
-    ctx: Context, url: str, vhost: str, latency_ms: int, keep: int
-) -> tuple[str, list[Service]]:
+def _start_pipeline(ctx: Context, url: str, vhost: str, latency_ms: int, keep: int) -> str:
     """Simulator, workers and a scheduler, all ready; the simulator's base URL."""
     p = ctx.profile
     sim_port = free_port()
@@ -75,7 +73,7 @@ def _start_pipeline(
     )
     for service in started:
         service.wait_ready()
-    return f"http://127.0.0.1:{sim_port}", started
+    return f"http://127.0.0.1:{sim_port}"
 
 
 async def _wait_sent(url: str, count: int, within_s: float) -> asyncpg.Record:
@@ -103,15 +101,14 @@ async def _delivery_rate(ctx: Context, count: int, latency_ms: int) -> tuple[flo
         ctx, "wave", "--database-url", url, "--amqp-url", amqp_url(vhost), "--due", str(count),
         "--now", datetime.now(UTC).isoformat(),
     )  # fmt: skip
-    sim, services = _start_pipeline(ctx, url, vhost, latency_ms, count)
+    sim = _start_pipeline(ctx, url, vhost, latency_ms, count)
     try:
         bound = ctx.profile.workers * ctx.profile.worker_concurrency / max(latency_ms, 1) * 1000
         # Generous: a slow code version must still finish and be measured, not time out.
         row = await _wait_sent(url, count, 60 + count / min(100, bound / 2))
         stats = _get_json(f"{sim}/stats")
     finally:
-        for service in services:
-            ctx.services.stop(service)
+        ctx.services.stop_all()
     spread = (row["last"] - row["first"]).total_seconds()
     rate = (row["sent"] - 1) / spread if spread > 0 else math.nan
     assert isinstance(stats, dict)
@@ -127,7 +124,7 @@ async def _burst(ctx: Context) -> Result:
     name = await ctx.scope.database(ctx.code)
     url = database_url(name)
     vhost = ctx.scope.vhost()
-    sim, services = _start_pipeline(ctx, url, vhost, 0, count)
+    sim = _start_pipeline(ctx, url, vhost, 0, count)
     try:
         instant = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=5)
         await seed.load_due_at(url, count, instant)
@@ -136,8 +133,7 @@ async def _burst(ctx: Context) -> Result:
         await _wait_sent(url, count, 300)
         deliveries = _get_json(f"{sim}/deliveries")
     finally:
-        for service in services:
-            ctx.services.stop(service)
+        ctx.services.stop_all()
     assert isinstance(deliveries, list)
     late = sorted((datetime.fromisoformat(d["time"]) - instant).total_seconds() for d in deliveries)
     early = sum(1 for s in late if s < 0)

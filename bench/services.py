@@ -107,6 +107,8 @@ class Scope:
     databases: list[str] = field(default_factory=list)
     vhosts: list[str] = field(default_factory=list)
     schema: str | None = None  # the migrated empty database the others are copied from
+    # Every name ever created, for the record (`_meta.created`): tests check they are gone.
+    created: list[str] = field(default_factory=list)
 
     async def database(self, code: Code, *, template: str | None = None) -> str:
         """A new database: a copy of `template`, or of the run's empty migrated schema."""
@@ -121,6 +123,7 @@ class Scope:
     def _name(self) -> str:
         name = f"{DATABASE_PREFIX}{uuid.uuid4().hex[:10]}"
         self.databases.append(name)
+        self.created.append(f"database {name}")
         return name
 
     async def _migrated(self, code: Code) -> str:
@@ -143,6 +146,7 @@ class Scope:
     def vhost(self) -> str:
         name = create_vhost(VHOST_PREFIX)
         self.vhosts.append(name)
+        self.created.append(f"vhost {name}")
         return name
 
     async def close(self) -> list[str]:
@@ -214,18 +218,23 @@ class Service:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready within {within_s:.0f}s: {self.tail()}")
 
+    def terminate(self) -> None:
+        """Read its peak RSS and send SIGTERM (no wait: `stop` waits)."""
+        process = self.process
+        if process is not None and process.poll() is None:
+            self.peak_mb = peak_rss_mb(process.pid)  # VmHWM: read while it still exists
+            process.send_signal(signal.SIGTERM)
+
     def stop(self, grace_s: float = 20.0) -> None:
         process = self.process
         if process is None:
             return
-        if process.poll() is None:
-            self.peak_mb = peak_rss_mb(process.pid)  # VmHWM: read while it still exists
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        self.terminate()
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
         self.process = None
 
     def tail(self, lines: int = 8) -> str:
@@ -270,5 +279,12 @@ class Services:
                 self.peaks[service.name] = max(self.peaks.get(service.name, 0.0), service.peak_mb)
 
     def stop_all(self) -> None:
-        for service in list(self.running):
-            self.stop(service)
+        """Stop them all, the simulator last (workers finish in-flight deliveries through it);
+        the others get SIGTERM at once, so their shutdowns overlap."""
+        last = [service for service in self.running if service.name == "simulator"]
+        first = [service for service in self.running if service not in last]
+        for group in (first, last):
+            for service in group:
+                service.terminate()
+            for service in group:
+                self.stop(service)

@@ -27,7 +27,6 @@ import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any, TypeVar
 
 try:
@@ -67,11 +66,21 @@ GROUPS: dict[str, tuple[Group, tuple[tuple[str, str], ...]]] = {
 }
 
 
-def _stop_on_sigterm() -> None:
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
+def _cancel_on_signals() -> None:
+    """SIGINT or SIGTERM cancels the run once, where it awaits; its cleanup then runs whole
+    (a second signal does not cut it short)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
 
-    signal.signal(signal.SIGTERM, handler)
+    def cancel() -> None:
+        print("bench: stopping: processes, databases and vhosts are cleaned up", file=sys.stderr)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, lambda: None)
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, cancel)
 
 
 def eventloop_run(main: Coroutine[Any, Any, T]) -> T:
@@ -89,6 +98,7 @@ def _git_head(path: Path) -> str:
 
 
 async def run(ctx: Context, groups: Sequence[str]) -> tuple[dict[str, Result], list[str]]:
+    _cancel_on_signals()
     found: dict[str, Result] = {}
     failures: list[str] = []
     try:
@@ -130,7 +140,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", action="append", choices=sorted(GROUPS), help="repeatable")
     parser.add_argument("--api-seconds", type=float, help="duration of each wrk run")
     args = parser.parse_args(argv)
-    _stop_on_sigterm()
 
     profile = SMALL if args.small else FULL
     if args.api_seconds:
@@ -151,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         # The service's loop (uvloop): the broker ceilings run in this process.
         found, failures = eventloop_run(run(ctx, groups))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         print("bench: interrupted; databases, vhosts and processes cleaned up", file=sys.stderr)
         return 130
     wall = time.perf_counter() - started
@@ -165,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cpus": os.cpu_count(),
         "groups": groups,
         "failures": failures,
+        "created": ctx.scope.created,  # all dropped again
     }
     results.write(out, found, meta)
     print(results.table(found))

@@ -40,18 +40,17 @@ KEYS = {
 NO_CEILING = {"burst_10k_lateness_p99_s", "rss_mb_max"}
 
 
-async def _bench_databases() -> set[str]:
+async def _databases() -> set[str]:
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        rows = await conn.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'bs_bench_%'")
+        rows = await conn.fetch("SELECT datname FROM pg_database")
     finally:
         await conn.close()
     return {row["datname"] for row in rows}
 
 
-def _bench_vhosts() -> set[str]:
-    listed = rabbitmqctl("list_vhosts", "--no-table-headers").split()
-    return {name for name in listed if name.startswith("bench-")}
+def _vhosts() -> set[str]:
+    return set(rabbitmqctl("list_vhosts", "--no-table-headers").split())
 
 
 def _has_import_command() -> bool:
@@ -64,7 +63,6 @@ def _has_import_command() -> bool:
 
 @pytest.mark.timeout(360)
 async def test_small_suite_writes_every_key_and_cleans_up(tmp_path: Path) -> None:
-    databases, vhosts = await _bench_databases(), _bench_vhosts()
     out = tmp_path / "small.json"
 
     completed = await asyncio.to_thread(
@@ -99,8 +97,16 @@ async def test_small_suite_writes_every_key_and_cleans_up(tmp_path: Path) -> Non
         else:
             assert entry["ceiling"] > 0, (key, entry)
             assert entry["ratio"] == pytest.approx(entry["value"] / entry["ceiling"], rel=0.01)
-    assert await _bench_databases() == databases
-    assert _bench_vhosts() <= vhosts
+    # What the run created, by name (other runs on this machine may use the same prefixes).
+    created = [entry.split(" ", 1) for entry in results["_meta"]["created"]]
+    databases = {name for kind, name in created if kind == "database"}
+    vhosts = {name for kind, name in created if kind == "vhost"}
+    assert all(name.startswith("bs_bench_") for name in databases), databases
+    assert all(name.startswith("bench-") for name in vhosts), vhosts
+    assert len(databases) >= 5, databases  # a template and one per group at least
+    assert len(vhosts) >= 4, vhosts
+    assert not databases & await _databases()
+    assert not vhosts & _vhosts()
 
 
 def test_code_option_makes_children_import_that_copy(tmp_path: Path) -> None:
