@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "ensure-tools.sh"
-TOOLS = ("promtool", "prometheus", "chromium")
+TOOLS = ("promtool", "prometheus", "chromium", "wrk")
 
 
 def stub(directory: Path, name: str, body: str) -> None:
@@ -79,11 +79,11 @@ def test_installs_the_missing_package_once_non_interactively(bin_dir: Path) -> N
     assert first.returncode == 0, first.stderr
     assert calls.read_text().splitlines() == [
         "noninteractive update -qq",
-        "noninteractive install -y -qq --no-install-recommends prometheus chromium",
+        "noninteractive install -y -qq --no-install-recommends prometheus chromium wrk",
     ]
     assert first.stderr.splitlines() == [
-        "ensure-tools: installing prometheus chromium for promtool prometheus chromium",
-        "ensure-tools: installed prometheus chromium",
+        "ensure-tools: installing prometheus chromium wrk for promtool prometheus chromium wrk",
+        "ensure-tools: installed prometheus chromium wrk",
     ]
 
     again = run(bin_dir)
@@ -97,8 +97,8 @@ def test_says_what_to_install_when_not_root(bin_dir: Path) -> None:
     result = run(bin_dir)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "ensure-tools: missing promtool prometheus chromium (Debian: apt-get install "
-        "--no-install-recommends prometheus chromium): not root and no password-less sudo; "
+        "ensure-tools: missing promtool prometheus chromium wrk (Debian: apt-get install "
+        "--no-install-recommends prometheus chromium wrk): not root and no password-less sudo; "
         "install them as root, then run make test again"
     ]
 
@@ -116,10 +116,10 @@ def test_says_so_when_the_install_fails(bin_dir: Path) -> None:
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert lines[0] == (
-        "ensure-tools: installing prometheus chromium for promtool prometheus chromium"
+        "ensure-tools: installing prometheus chromium wrk for promtool prometheus chromium wrk"
     )
     assert lines[1] == (
-        "ensure-tools: could not install prometheus chromium (no network or no package "
+        "ensure-tools: could not install prometheus chromium wrk (no network or no package "
         "mirror?); "
         "last lines of apt-get:"
     )
