@@ -132,13 +132,15 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     except BaseException as exc:
         # An error the server reported (it has a SQLSTATE) leaves the connection usable.
         reported = isinstance(getattr(exc, "sqlstate", None), str)
-        if not reported or is_unavailable(exc):
+        if reported and not is_unavailable(exc):
+            await greenlet_spawn(pooled.close)
+        else:
             if is_unavailable(exc):
+                # What SQLAlchemy does on a disconnect (a private method, its own).
                 engine.sync_engine.pool._invalidate(pooled, exc, _checkin=False)
-            await greenlet_spawn(pooled.invalidate, exc)
+            await greenlet_spawn(pooled.invalidate, exc)  # closes it and frees its pool slot
         raise
-    finally:
-        await greenlet_spawn(pooled.close)
+    await greenlet_spawn(pooled.close)
 
 
 async def warm_pool(engine: AsyncEngine, connections: int) -> None:
