@@ -2,8 +2,9 @@
 
 `await batcher.submit(item)` waits until its item has gone out in a batch and returns that
 item's own result. A batch leaves once `max_items` are waiting or `window_s` after its first
-item arrived, whichever comes first; at most `max_in_flight` batches run at once, and items that
-arrive meanwhile wait for the next one (so a busy batcher sends bigger batches, not more of
+item arrived, whichever comes first (a window of 0 is the next turn of the event loop: what was
+submitted in this one goes together); at most `max_in_flight` batches run at once, and items
+that arrive meanwhile wait for the next one (so a busy batcher sends bigger batches, not more of
 them). When a batch fails, every caller in it gets the error: none is dropped silently.
 
 Pure asyncio, no I/O of its own: `run` does the work, given the items in arrival order, and
