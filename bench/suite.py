@@ -88,13 +88,22 @@ def eventloop_run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def _git_head(path: Path) -> str:
-    done = subprocess.run(
+    """The commit `path` is checked out at, "+changes" when it has uncommitted changes."""
+    head = subprocess.run(
         ["git", "-C", str(path), "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
         check=False,
-    )
-    return done.stdout.strip() or "unknown"
+    ).stdout.strip()
+    if not head:
+        return "unknown"
+    changes = subprocess.run(
+        ["git", "-C", str(path), "status", "--porcelain", "--untracked-files=no", "--", "."],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return f"{head}+changes" if changes else head
 
 
 async def run(ctx: Context, groups: Sequence[str]) -> tuple[dict[str, Result], list[str]]:
@@ -156,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-"))
     ctx = Context(profile, code, Scope(), Services(code, workdir), workdir)
     started, started_at = time.perf_counter(), datetime.now(UTC)
+    revisions = {
+        "code_revision": _git_head(code.src or ROOT / "src"),
+        "bench_revision": _git_head(ROOT / "bench"),
+    }
     groups = args.only or list(GROUPS)
     try:
         # The service's loop (uvloop): the broker ceilings run in this process.
@@ -167,8 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta = {
         "profile": profile.name,
         "code": package,
-        "code_revision": _git_head(code.src or ROOT),
-        "bench_revision": _git_head(ROOT),
+        **revisions,  # at the start of the run
         "started": started_at.isoformat(timespec="seconds"),
         "wall_s": round(wall, 1),
         "cpus": os.cpu_count(),
