@@ -16,10 +16,22 @@ from hypothesis import strategies as st
 from birthday_scheduler.messages.kinds import ANNIVERSARY, BIRTHDAY, PlanningFacts
 from birthday_scheduler.messages.planning import PlanningPolicy, first_open_occurrence, plan_due
 from birthday_scheduler.messages.schedules import DueSchedule
-from birthday_scheduler.messages.timemath import occasion_date, occurrence_in_year
+from birthday_scheduler.messages.timemath import occasion_date, occurrence_in_year, zone_for
 
+
+def _accepted(name: str) -> bool:
+    try:
+        zone_for(name, None)
+    except ValueError:
+        return False
+    return True
+
+
+# Only names the service accepts: tzdata also ships placeholders ("Factory", "posixrules")
+# that the API refuses and a tick would dead-letter, which is not what these tests are about.
+ACCEPTED_ZONE_NAMES = sorted(name for name in available_timezones() if _accepted(name))
 zones: st.SearchStrategy[tzinfo] = st.one_of(
-    st.sampled_from(sorted(available_timezones())).map(ZoneInfo),
+    st.sampled_from(ACCEPTED_ZONE_NAMES).map(ZoneInfo),
     st.integers(min_value=-720, max_value=840).map(lambda m: timezone(timedelta(minutes=m))),
 )
 # "HH:MM", as the API takes it; None is SEND_LOCAL_TIME.
