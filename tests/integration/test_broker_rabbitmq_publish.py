@@ -13,6 +13,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from birthday_scheduler.errors import BrokerError
+from birthday_scheduler.infra.broker import rabbitmq_frames as frames
 from birthday_scheduler.infra.broker.base import DEAD_LETTER_QUEUE, MAIN_QUEUE
 from birthday_scheduler.infra.broker.policy import decode_body
 from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
@@ -66,9 +67,18 @@ async def _drain(channel: AbstractChannel, queue_name: str) -> list[aio_pika.Inc
     return messages
 
 
+@pytest.mark.parametrize("path", ["frames", "basic_publish"])
 async def test_every_id_of_batches_lands_once_with_its_own_properties(
-    broker: RabbitBroker, raw_channel: AbstractChannel, names: tuple[str, str]
+    broker: RabbitBroker,
+    raw_channel: AbstractChannel,
+    names: tuple[str, str],
+    path: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Both paths (the fallback serves a channel without aiormq's expected internals) put the
+    same messages on the queue."""
+    if path == "basic_publish":
+        monkeypatch.setattr(frames, "supported", lambda _channel: False)
     ids = [uuid.uuid4() for _ in range(1050)]  # ten full batches and a partial one
     await broker.publish(ids)
     messages = await _drain(raw_channel, names[0])
