@@ -236,16 +236,18 @@ class RabbitBroker:
                 return_exceptions=True,
             )
         channel = cast(aiormq.Channel, underlay)
-        # Rejected by aiormq when the channel closes: the confirms are plain futures (aiormq's
-        # own cost a set entry and two callbacks each, in the channel's and the connection's
-        # stores), so one sentinel per batch stands for them all.
-        closed = channel.create_future()
         confirms = await frames.publish_ids(channel, self._main_name, batch)
+        # Rejected by aiormq when the channel closes (at once if it already has): the confirms
+        # are plain futures (aiormq's own cost a set entry and two callbacks each, in the
+        # channel's and the connection's stores), so one sentinel per batch stands for them all.
+        closed = channel.create_future()
         try:
             settled = asyncio.gather(*confirms, return_exceptions=True)
             await asyncio.wait((settled, closed), return_when=asyncio.FIRST_COMPLETED)
             if not settled.done():
-                reason = closed.exception() or BrokerError("the channel closed")
+                reason = (None if closed.cancelled() else closed.exception()) or BrokerError(
+                    "the channel closed"
+                )
                 for confirm in confirms:
                     if not confirm.done():
                         confirm.set_exception(reason)
