@@ -124,3 +124,24 @@ def test_code_option_makes_children_import_that_copy(tmp_path: Path) -> None:
     )  # fmt: skip
 
     assert completed.stdout.strip() == str(tmp_path / "birthday_scheduler" / "__init__.py")
+
+
+def test_compare_puts_runs_side_by_side_with_medians(tmp_path: Path) -> None:
+    def run(name: str, rps: float, ceiling: float) -> str:
+        path = tmp_path / f"{name}.json"
+        entry = {"value": rps, "unit": "req/s", "ceiling": ceiling, "ratio": rps / ceiling}
+        path.write_text(json.dumps({"api_alive_rps": entry, "_meta": {}}))
+        return str(path)
+
+    before = run("before", 100.0, 1000.0)
+    after = ",".join((run("a1", 700.0, 1000.0), run("a2", 900.0, 1000.0), run("a3", 2.0, 1.0)))
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.compare", before, "--median", after],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+
+    alive = next(line for line in completed.stdout.splitlines() if line.startswith("api_alive"))
+    # The median value and the median ratio of the three runs, each on its own.
+    assert alive.split()[:5] == ["api_alive_rps", "100", "(0.1x)", "700", "(0.9x)"]
+    assert "import_rows_per_s" in completed.stdout  # every key has a row, n/a when missing
