@@ -16,8 +16,8 @@ T = TypeVar("T")
 
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run `main` on uvloop where there is one: about a third more RabbitMQ publishes per second
-    of CPU than asyncio's own loop (bench/broker_publish.py), the scheduler's bottleneck in a
-    big wave. Elsewhere the standard loop, only slower."""
+    of CPU than asyncio's own loop (measured with the former bench/broker_publish.py), once the
+    scheduler's bottleneck in a big wave. Elsewhere the standard loop, only slower."""
     if uvloop is None:
         return asyncio.run(main)
     return uvloop.run(main)
