@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import pytest
 
 from birthday_scheduler.delivery.batcher import Batcher
+from support import eventually, holds
 
 NEVER = 3600.0  # a window no test waits out: batches leave because they are full
 
@@ -73,9 +74,9 @@ async def test_items_arriving_while_every_slot_is_busy_wait_and_go_out_together(
     await run.started.wait()
     assert batcher.in_flight == 1
     later = [asyncio.create_task(batcher.submit(i)) for i in range(2, 6)]
-    await asyncio.sleep(0)  # one turn of the loop: each new task runs up to its wait
-    assert batcher.waiting == 4
-    assert run.batches == [[0, 1]]  # full batches, but the only slot is busy
+    await eventually(lambda: batcher.waiting == 4, within=5)
+    # Full batches, but the only slot is busy: none of them leaves.
+    await holds(lambda: run.batches == [[0, 1]])
     run.gate.set()
     answers = await asyncio.gather(*first, *later)
     assert answers == [f"answer-{i}" for i in range(6)]
