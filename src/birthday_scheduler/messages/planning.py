@@ -92,6 +92,27 @@ def first_open_occurrence(
     return occurrence
 
 
+def enabled_kinds(notifications: dict[str, bool]) -> list[str]:
+    """The kinds a user receives, in registry order: every kind unless turned off."""
+    return [kind for kind in KINDS if notifications.get(kind, True)]
+
+
+def new_user_plan(
+    facts: PlanningFacts, enabled: Collection[str], send_time: time, now: datetime
+) -> list[tuple[str, datetime, date]]:
+    """(kind, instant, occasion date) of each kind a new user receives: what plan_user writes
+    for a user with no history (nothing for a kind turned off or a date the user lacks). Pure,
+    so POST /users and the bulk import plan without a session."""
+    plan = []
+    for kind in KINDS.values():
+        if kind.name not in enabled:
+            continue
+        occurrence = first_open_occurrence(kind, facts, send_time, now)
+        if occurrence is not None:
+            plan.append((kind.name, occurrence.instant, occurrence.local_date))
+    return plan
+
+
 async def plan_user(
     session: AsyncSession,
     user_id: uuid.UUID,

@@ -26,10 +26,9 @@ from pydantic import ValidationError
 from birthday_scheduler.api.problems import validation_problem
 from birthday_scheduler.errors import FieldProblem, ValidationProblem
 from birthday_scheduler.messages import planning
-from birthday_scheduler.messages.kinds import KINDS
 from birthday_scheduler.messages.schedules import ScheduleAdvance
 from birthday_scheduler.users.schemas import UserWrite
-from birthday_scheduler.users.service import _check_dates
+from birthday_scheduler.users.service import check_dates
 
 # The API's JSON field names, in the order a template file lists them.
 COLUMNS = (
@@ -191,7 +190,7 @@ Plan = tuple[tuple[str, datetime, date], ...]  # (kind, instant, occasion date) 
 
 def plan_key(body: UserWrite, notifications: dict[str, bool]) -> PlanKey:
     """Everything a new user's plan depends on besides `now`: users sharing it share a plan."""
-    enabled = tuple(kind for kind in KINDS if notifications.get(kind, True))  # as _enabled
+    enabled = tuple(planning.enabled_kinds(notifications))
     return (
         body.date_of_birth,
         body.timezone,
@@ -207,12 +206,7 @@ def plan_new_user(key: PlanKey, default_send_time: time, now: datetime) -> Plan:
     or after `now`; nothing for a kind turned off or a date the user lacks."""
     date_of_birth, timezone, offset, anniversary, send_time, enabled = key
     facts = planning.facts_of(date_of_birth, timezone, offset, anniversary, send_time)
-    planned = []
-    for name in enabled:
-        occurrence = planning.first_open_occurrence(KINDS[name], facts, default_send_time, now)
-        if occurrence is not None:
-            planned.append((name, occurrence.instant, occurrence.local_date))
-    return tuple(planned)
+    return tuple(planning.new_user_plan(facts, enabled, default_send_time, now))
 
 
 def _validate(
@@ -235,7 +229,7 @@ def _validate(
             data[name] = cell
     try:
         body = UserWrite.model_validate(data)
-        _check_dates(body.date_of_birth, body.anniversary_date, now)
+        check_dates(body.date_of_birth, body.anniversary_date, now)
     except ValidationError as exc:
         return None, validation_problem([dict(e) for e in exc.errors()]).errors
     except ValidationProblem as exc:

@@ -33,7 +33,7 @@ class UsersService:
     async def create(self, engine: AsyncEngine, body: UserWrite, now: datetime) -> Document:
         """The user and its plan in one statement; the response is built from what was
         written, not read back."""
-        _check_dates(body.date_of_birth, body.anniversary_date, now)
+        check_dates(body.date_of_birth, body.anniversary_date, now)
         notifications = body.notifications or {}
         values = {
             "id": uuid.uuid4(),
@@ -49,17 +49,6 @@ class UsersService:
             "created_at": now,
             "updated_at": now,
         }
-        plan = self._new_user_plan(body, _enabled(notifications), now)
-        await repo.insert_user_with_plan(engine, values, plan)
-        # The order GET reads them in: by instant, then kind.
-        planned = sorted(((kind, at) for kind, at, _ in plan), key=lambda p: (p[1], p[0]))
-        return user_document([values[column.name] for column in repo.USER_COLUMNS], planned)
-
-    def _new_user_plan(
-        self, body: UserWrite, enabled: set[str], now: datetime
-    ) -> list[tuple[str, datetime, date]]:
-        """(kind, instant, occasion date) of each kind a new user receives: what
-        planning.plan_user writes for a user with no history, computed without the session."""
         facts = planning.facts_of(
             body.date_of_birth,
             body.timezone,
@@ -67,14 +56,12 @@ class UsersService:
             body.anniversary_date,
             body.send_local_time,
         )
-        plan = []
-        for kind in KINDS.values():
-            if kind.name not in enabled:
-                continue
-            occurrence = planning.first_open_occurrence(kind, facts, self.policy.send_time, now)
-            if occurrence is not None:
-                plan.append((kind.name, occurrence.instant, occurrence.local_date))
-        return plan
+        enabled = planning.enabled_kinds(notifications)
+        plan = planning.new_user_plan(facts, enabled, self.policy.send_time, now)
+        await repo.insert_user_with_plan(engine, values, plan)
+        # The order GET reads them in: by instant, then kind.
+        planned = sorted(((kind, at) for kind, at, _ in plan), key=lambda p: (p[1], p[0]))
+        return user_document([values[column.name] for column in repo.USER_COLUMNS], planned)
 
     async def read(self, engine: AsyncEngine, user_id: uuid.UUID) -> Document:
         """A live user and its next messages: one statement, no transaction around it."""
@@ -139,7 +126,7 @@ class UsersService:
         anniversary = values.get("anniversary_date", user.anniversary_date)
         assert isinstance(birth, date)
         assert isinstance(anniversary, date | None)
-        _check_dates(birth, anniversary, now)
+        check_dates(birth, anniversary, now)
         changed = {key for key, value in values.items() if value != getattr(user, key)}
         replan = _kinds_to_replan(changed, user.notifications, values.get("notifications"))
         await repo.update_user(session, user_id, {**values, "updated_at": now})
@@ -151,9 +138,8 @@ class UsersService:
             user.anniversary_date,
             user.send_local_time,
         )
-        await planning.plan_user(
-            session, user_id, facts, _enabled(user.notifications), self.policy, now, replan=replan
-        )
+        enabled = planning.enabled_kinds(user.notifications)
+        await planning.plan_user(session, user_id, facts, enabled, self.policy, now, replan=replan)
         return await self.get(session, user_id)
 
     async def delete(self, session: AsyncSession, user_id: uuid.UUID, now: datetime) -> None:
@@ -169,7 +155,7 @@ async def _live(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False
     return user
 
 
-def _check_dates(date_of_birth: date, anniversary_date: date | None, now: datetime) -> None:
+def check_dates(date_of_birth: date, anniversary_date: date | None, now: datetime) -> None:
     today_somewhere = (now + _EARLIEST_ZONE).date()
     problems = [
         FieldProblem(field, "must not be in the future")
@@ -178,11 +164,6 @@ def _check_dates(date_of_birth: date, anniversary_date: date | None, now: dateti
     ]
     if problems:
         raise ValidationProblem(problems)
-
-
-def _enabled(notifications: dict[str, bool]) -> set[str]:
-    """The kinds a user receives: every kind unless turned off."""
-    return {kind for kind in KINDS if notifications.get(kind, True)}
 
 
 # Changing the zone or the send time moves every kind's instant.
