@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -67,6 +68,22 @@ def user_body(**overrides: Any) -> dict[str, Any]:
     }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not ...}
+
+
+@contextlib.asynccontextmanager
+async def api_client(settings: Any) -> AsyncIterator[Any]:
+    """An httpx client on the app in process, over its own resources (an in-process queue and
+    a FakeClock): the API as the tests drive it."""
+    import httpx
+
+    from birthday_scheduler.api.app import create_app
+    from birthday_scheduler.entrypoints import runtime
+    from birthday_scheduler.infra.broker.memory import MemoryBroker
+
+    async with runtime.open_resources(settings, broker=MemoryBroker(), clock=FakeClock()) as res:
+        transport = httpx.ASGITransport(app=create_app(runtime.api_context(res)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
 
 
 async def create_user_id(client: Any, **overrides: Any) -> str:

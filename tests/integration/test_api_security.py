@@ -7,18 +7,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from birthday_scheduler.api.app import create_app
-from birthday_scheduler.entrypoints import runtime
-from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.settings import Settings
-from support import FakeClock, user_body
+from support import api_client, user_body
 
 
 async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    async with runtime.open_resources(settings, broker=MemoryBroker(), clock=FakeClock()) as res:
-        transport = httpx.ASGITransport(app=create_app(runtime.api_context(res)))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-            yield http
+    async with api_client(settings) as http:
+        yield http
 
 
 @pytest.fixture

@@ -19,13 +19,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from birthday_scheduler.api.app import create_app
-from birthday_scheduler.entrypoints import runtime
 from birthday_scheduler.infra import db_faults
-from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.db import async_url
 from birthday_scheduler.settings import Settings
-from support import FakeClock, eventually, pg_admin, user_body
+from support import api_client, eventually, pg_admin, user_body
 from tcp_proxy import TcpProxy, tcp_proxy
 
 # The API's promise: an answer within seconds, never a hang (the request deadline is 5 s).
@@ -45,12 +42,8 @@ async def outage(pg_database_url: str) -> AsyncIterator[Outage]:
     async with tcp_proxy(url.host or "127.0.0.1", url.port or 5432) as proxy:
         proxied = url.set(port=proxy.port).render_as_string(hide_password=False)
         settings = Settings(database_url=proxied, rate_limit_per_minute=0, database_pool_max=3)
-        async with runtime.open_resources(
-            settings, broker=MemoryBroker(), clock=FakeClock()
-        ) as res:
-            transport = httpx.ASGITransport(app=create_app(runtime.api_context(res)))
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                yield Outage(proxy, http, url.database or "")
+        async with api_client(settings) as http:
+            yield Outage(proxy, http, url.database or "")
 
 
 async def _requests(http: httpx.AsyncClient, user_id: str) -> list[httpx.Response]:

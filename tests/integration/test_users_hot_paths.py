@@ -19,11 +19,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from birthday_scheduler.api.app import create_app
-from birthday_scheduler.entrypoints import runtime
-from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.settings import Settings
-from support import FakeClock, pg_admin, user_body
+from support import api_client, pg_admin, user_body
 
 _STARTUP_CODES = {80877103, 80877104, 80877102}  # SSL, GSS encryption, cancel requests
 
@@ -116,12 +113,8 @@ async def api(pg_database_url: str) -> AsyncIterator[Api]:
     async with counting_proxy(url.host or "127.0.0.1", url.port or 5432, counter) as port:
         proxied = url.set(port=port).render_as_string(hide_password=False)
         settings = Settings(database_url=proxied, rate_limit_per_minute=0, database_pool_max=3)
-        async with runtime.open_resources(
-            settings, broker=MemoryBroker(), clock=FakeClock()
-        ) as res:
-            transport = httpx.ASGITransport(app=create_app(runtime.api_context(res)))
-            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-                yield Api(http, counter, url.database or "")
+        async with api_client(settings) as http:
+            yield Api(http, counter, url.database or "")
 
 
 async def _kill_every_connection(database: str) -> None:
