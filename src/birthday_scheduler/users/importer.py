@@ -59,7 +59,7 @@ from birthday_scheduler.infra import migrate
 from birthday_scheduler.infra.db import create_engine, session_factory, unit_of_work
 from birthday_scheduler.messages.models import MessageSchedule
 from birthday_scheduler.settings import Settings
-from birthday_scheduler.users import import_rows
+from birthday_scheduler.users import fast_email, import_rows
 from birthday_scheduler.users.import_rows import NewUser, PreparedChunk, Record
 from birthday_scheduler.users.models import User
 
@@ -158,7 +158,7 @@ async def import_file(
                 return None
             return import_rows.prepare_chunk(records, columns, default_send_time, clock.now())
 
-        with import_rows.memoized_email_domains(), _fewer_collections():
+        with import_rows.memoized_email_domains(), fast_email.installed(), _fewer_collections():
             async with _writer(engine, sessions) as write:
                 prepared = await asyncio.to_thread(prepare_next)
                 while prepared is not None:
