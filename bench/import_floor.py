@@ -1,0 +1,184 @@
+"""How fast `users import` could be, part by part: not a suite group, a probe run by hand.
+
+    .venv/bin/python -m bench.import_floor [--rows N]          # the database floor
+    .venv/bin/python -m bench.import_floor --cpu [--rows N]    # validate+plan CPU per row
+
+The floor: bench/import_csv.py's file (N rows, 1,000,000 by default), validated and planned
+first (untimed), then written as the importer writes a chunk: one transaction per
+CHUNK_ROWS, the look-up of live emails, COPY (asyncpg copy_records_to_table) of the same columns
+into the real `users` and `message_schedules`. Only the database calls are timed. In the same
+run, before and after, the suite's ceiling: COPY of the same CSV into its five-column table with
+a unique index on lower(email). Every database is a copy of one migrated by the code's own
+`db migrate` (bench.services.Scope), dropped at the end.
+
+--cpu: the Python per row of the import's validate+plan step (import_rows.prepare_chunk, under
+the importer's domain memo and GC settings), as process CPU time, which the other jobs on a
+shared machine disturb less than wall time; each pass re-reads the rows, best and median of
+--repeat passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg  # type: ignore[import-untyped]
+
+from bench.import_csv import COPY_TABLE, write_csv
+from bench.services import Code, Scope, database_url
+from birthday_scheduler.users import fast_email, import_rows, importer
+from birthday_scheduler.users.import_rows import PreparedChunk
+
+SEND_TIME = datetime(2026, 1, 1, 9).time()
+
+
+def _chunks(path: Path) -> Iterator[list[import_rows.Record]]:
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        chunk: list[import_rows.Record] = []
+        for line, cells in enumerate(reader, start=2):
+            chunk.append((line, cells))
+            if len(chunk) == importer.CHUNK_ROWS:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def _prepared(path: Path) -> Iterator[PreparedChunk]:
+    columns = ("firstName", "lastName", "email", "dateOfBirth", "timezone")
+    with (
+        import_rows.memoized_email_domains(),
+        fast_email.installed(),
+        importer._fewer_collections(),
+    ):
+        for records in _chunks(path):
+            yield import_rows.prepare_chunk(records, columns, SEND_TIME, datetime.now(UTC))
+
+
+async def _ceiling(url: str, path: Path) -> float:
+    """Seconds for the suite's ceiling: COPY of the CSV into the five-column table."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(COPY_TABLE)
+        started = time.perf_counter()
+        await conn.copy_to_table(
+            "bench_copy",
+            source=str(path),
+            columns=["first_name", "last_name", "email", "date_of_birth", "timezone"],
+            format="csv",
+            header=True,
+        )
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def _real_tables(url: str, path: Path) -> tuple[float, float, float, int, int]:
+    """Seconds of look-ups, of COPYs into users and into message_schedules; users, schedules."""
+    conn = await asyncpg.connect(url)
+    lookup_s = users_s = schedules_s = 0.0
+    users = schedules = 0
+    try:
+        for chunk in _prepared(path):
+            started = time.perf_counter()
+            async with conn.transaction():
+                emails = [u.email for u in chunk.users]
+                taken = await conn.fetch(importer._LIVE_EMAILS, emails)
+                looked = time.perf_counter()
+                await conn.copy_records_to_table(
+                    "users", records=chunk.users, columns=importer.USER_COLUMNS
+                )
+                copied = time.perf_counter()
+                await conn.copy_records_to_table(
+                    "message_schedules", records=chunk.schedules, columns=importer.SCHEDULE_COLUMNS
+                )
+            done = time.perf_counter()
+            assert not taken
+            lookup_s += looked - started
+            users_s += copied - looked
+            schedules_s += done - copied  # the commit included
+            users += len(chunk.users)
+            schedules += len(chunk.schedules)
+        return lookup_s, users_s, schedules_s, users, schedules
+    finally:
+        await conn.close()
+
+
+async def floor(rows: int) -> None:
+    scope = Scope()
+    code = Code()
+    try:
+        with tempfile.TemporaryDirectory(prefix="import-floor-") as workdir:
+            path = Path(workdir) / "users.csv"
+            write_csv(path, rows)
+            before = await _ceiling(database_url(await scope.database(code)), path)
+            lookup_s, users_s, schedules_s, users, schedules = await _real_tables(
+                database_url(await scope.database(code)), path
+            )
+            after = await _ceiling(database_url(await scope.database(code)), path)
+    finally:
+        problems = await scope.close()
+        for problem in problems:
+            print(problem, file=sys.stderr)
+    ceiling = rows / statistics.mean((before, after))
+    copy_s = users_s + schedules_s
+    copy_rate = rows / copy_s
+    write_rate = rows / (lookup_s + copy_s)
+    print(f"{rows:,} rows: {users:,} users, {schedules:,} schedules")
+    print(
+        f"ceiling (COPY CSV -> 5-column table): {before:.2f} s before, {after:.2f} s after "
+        f"= {ceiling:,.0f} rows/s"
+    )
+    print(
+        f"real tables, COPY only: {copy_s:.2f} s = {copy_rate:,.0f} rows/s "
+        f"({copy_rate / ceiling:.2f}x ceiling): users {users_s:.2f} s, "
+        f"message_schedules {schedules_s:.2f} s"
+    )
+    print(
+        f"real tables, look-up + COPY (the importer's write): {lookup_s + copy_s:.2f} s "
+        f"= {write_rate:,.0f} rows/s ({write_rate / ceiling:.2f}x ceiling)"
+    )
+    print(f"0.5x ceiling = {ceiling / 2:,.0f} rows/s")
+
+
+def cpu(rows: int, repeat: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="import-cpu-") as workdir:
+        path = Path(workdir) / "users.csv"
+        write_csv(path, rows)
+        passes = []
+        for _ in range(repeat):
+            started = time.process_time()
+            users = sum(len(chunk.users) for chunk in _prepared(path))
+            passes.append((time.process_time() - started) / rows * 1e6)
+            assert users == rows
+    print(
+        f"prepare_chunk on {rows:,} rows: best {min(passes):.1f} µs/row CPU, "
+        f"median {statistics.median(passes):.1f} ({', '.join(f'{p:.1f}' for p in passes)})"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.import_floor", description=__doc__)
+    parser.add_argument("--rows", type=int, default=None)
+    parser.add_argument("--cpu", action="store_true", help="validate+plan CPU per row")
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args(argv)
+    if args.cpu:
+        cpu(args.rows or 100_000, args.repeat)
+    else:
+        asyncio.run(floor(args.rows or 1_000_000))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
