@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from birthday_scheduler import __version__
 from birthday_scheduler.api import health
 from birthday_scheduler.api.context import ApiContext
-from birthday_scheduler.api.middleware import BodyGuardMiddleware, ObservabilityMiddleware
+from birthday_scheduler.api.hot_paths import HotPaths
+from birthday_scheduler.api.middleware import (
+    BodyGuardMiddleware,
+    ObservabilityMiddleware,
+    RequestObserver,
+)
 from birthday_scheduler.api.openapi import openapi_document
 from birthday_scheduler.api.problems import install_problem_handlers
 from birthday_scheduler.api.security import Guard, RateLimiter, TokenAuth
@@ -24,8 +32,26 @@ Errors are `application/problem+json` (RFC 9457); validation errors list each fi
 """
 
 
-def create_app(context: ApiContext) -> FastAPI:
-    app = FastAPI(
+class ServiceApp(FastAPI):
+    """FastAPI behind the service's front door (`front`): the proxy headers resolved, then the
+    hot paths answered, before FastAPI's own outer layers run for the rest."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
+
+def create_app(context: ApiContext, *, hot_paths: bool = True) -> ServiceApp:
+    """The API. `hot_paths=False` answers every request through FastAPI (api/hot_paths.py
+    answers the hottest beside it, by the same rules: the tests compare the two)."""
+    app = ServiceApp(
         title="birthday-scheduler",
         version=__version__,
         description=DESCRIPTION,
@@ -50,12 +76,17 @@ def create_app(context: ApiContext) -> FastAPI:
         max_body_bytes=context.settings.max_body_bytes,
         form_prefixes=(CONSOLE + "/",),
     )
-    app.add_middleware(ObservabilityMiddleware)
+    observer = RequestObserver()
+    app.add_middleware(ObservabilityMiddleware, observer=observer)
+    inner: ASGIApp = app.framework
+    if hot_paths:
+        inner = HotPaths(inner, context=context, guard=guard, observer=observer)
     # Outermost: everything inside (logs, the rate limit) sees the client, not the proxy. The
     # app does this itself (uvicorn's copy is off) so one validated setting decides, under any
     # server and in-process tests alike.
-    app.add_middleware(
-        ProxyHeadersMiddleware, trusted_hosts=list(context.settings.forwarded_allow_ips)
+    front: Any = ProxyHeadersMiddleware(  # uvicorn types ASGI its own way
+        cast(Any, inner), trusted_hosts=list(context.settings.forwarded_allow_ips)
     )
+    app.front = front
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     return app

@@ -69,10 +69,14 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if is_unavailable(exc):
-            # A database call outside the routes' deadline (the console, say): still a 503.
-            log.warning("db.unavailable", error=type(exc).__name__, path=request.url.path)
-            return problem_response(DatabaseUnavailableError(), request.url.path)
-        log.error("http.unhandled_error", error=type(exc).__name__, path=request.url.path)
-        problem = ProblemError(500, "Internal Server Error", "Something went wrong on our side.")
-        return problem_response(problem, request.url.path)
+        return problem_response(unexpected_problem(exc, request.url.path), request.url.path)
+
+
+def unexpected_problem(exc: Exception, path: str) -> ProblemError:
+    """What an exception no handler knows is answered with, logged without its message."""
+    if is_unavailable(exc):
+        # A database call outside the routes' deadline (the console, say): still a 503.
+        log.warning("db.unavailable", error=type(exc).__name__, path=path)
+        return DatabaseUnavailableError()
+    log.error("http.unhandled_error", error=type(exc).__name__, path=path)
+    return ProblemError(500, "Internal Server Error", "Something went wrong on our side.")

@@ -18,9 +18,12 @@ class TokenAuth:
 
     # async, as every dependency here: FastAPI runs a plain def in its thread pool.
     async def __call__(self, request: Request) -> None:
+        self.check(request.headers.get("authorization", ""))
+
+    def check(self, header: str) -> None:
+        """Raises 401 unless `header` (the Authorization value) carries one of the tokens."""
         if not self.tokens:
             return
-        header = request.headers.get("authorization", "")
         scheme, _, supplied = header.partition(" ")
         # Compare against every token so the time taken does not reveal which one matched.
         valid = scheme.lower() == "bearer" and any(
@@ -44,9 +47,12 @@ class RateLimiter:
     _buckets: OrderedDict[str, tuple[float, float]] = field(default_factory=OrderedDict)
 
     async def __call__(self, request: Request) -> None:
+        self.take(request.client.host if request.client else "unknown")
+
+    def take(self, client: str) -> None:
+        """Takes one request from `client`'s bucket, or raises 429 (taking nothing)."""
         if self.per_minute <= 0:
             return
-        client = request.client.host if request.client else "unknown"
         now = time.monotonic()
         tokens, last = self._buckets.pop(client, (float(self.per_minute), now))
         tokens = min(float(self.per_minute), tokens + (now - last) * self.per_minute / 60)
@@ -74,5 +80,9 @@ class Guard:
     auth: TokenAuth
 
     async def __call__(self, request: Request) -> None:
-        await self.limit(request)
-        await self.auth(request)
+        client = request.client.host if request.client else "unknown"
+        self.check(client, request.headers.get("authorization", ""))
+
+    def check(self, client: str, authorization: str) -> None:
+        self.limit.take(client)
+        self.auth.check(authorization)

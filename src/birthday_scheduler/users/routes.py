@@ -16,6 +16,7 @@ from birthday_scheduler.messages.kinds import KINDS
 from birthday_scheduler.messages.models import MessageStatus
 from birthday_scheduler.users import history
 from birthday_scheduler.users.schemas import UserOut, UserPage, UserPatch, UserWrite
+from birthday_scheduler.users.service import Document
 
 # How long a request may wait on the database in all (checkout, statements, commit) before
 # it is answered 503 + Retry-After: a few seconds, so a silent database never hangs clients.
@@ -63,6 +64,17 @@ async def _statement(work: Awaitable[T]) -> T:
         return await work
 
 
+# The two hottest routes' work, shared by their FastAPI routes below and by api/hot_paths.py,
+# which answers them without the framework.
+async def create_user_document(context: ApiContext, body: UserWrite) -> Document:
+    now = context.clock.now()
+    return await _statement(context.users.create(context.engine, body, now))
+
+
+async def read_user_document(context: ApiContext, user_id: uuid.UUID) -> Document:
+    return await _statement(context.users.read(context.engine, user_id))
+
+
 def build_router(context: ApiContext, dependencies: list[object]) -> APIRouter:
     """The routes close over `context` rather than ask for it per request: FastAPI resolves
     each dependency on every request."""
@@ -70,9 +82,7 @@ def build_router(context: ApiContext, dependencies: list[object]) -> APIRouter:
 
     @router.post("", status_code=201, response_model=UserOut, responses=CONFLICT | BODY)
     async def create_user(body: UserWrite) -> Response:
-        now = context.clock.now()
-        created = await _statement(context.users.create(context.engine, body, now))
-        return JsonDocument(created, status_code=201)
+        return JsonDocument(await create_user_document(context, body), status_code=201)
 
     @router.get("", response_model=UserPage)
     async def list_users(
@@ -84,7 +94,7 @@ def build_router(context: ApiContext, dependencies: list[object]) -> APIRouter:
 
     @router.get("/{user_id}", response_model=UserOut, responses=NOT_FOUND)
     async def get_user(user_id: uuid.UUID) -> Response:
-        return JsonDocument(await _statement(context.users.read(context.engine, user_id)))
+        return JsonDocument(await read_user_document(context, user_id))
 
     @router.put("/{user_id}", response_model=UserOut, responses=NOT_FOUND | CONFLICT | BODY)
     async def replace_user(user_id: uuid.UUID, body: UserWrite) -> UserOut:
