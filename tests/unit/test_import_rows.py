@@ -1,13 +1,17 @@
 """The pure part of `users import`: header rules, row outcomes, ids, and the domain memo that
-must leave email validation exactly as it was."""
+must leave email validation exactly as it was, and the plain-row path that must leave every
+row's outcome exactly as UserWrite gives it."""
 
 from __future__ import annotations
 
 import importlib
+import json
 import uuid
-from datetime import UTC, datetime, time
+from datetime import UTC, date, datetime, time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from birthday_scheduler.errors import FieldProblem
@@ -117,3 +121,170 @@ def test_the_domain_memo_changes_no_outcome_and_is_undone() -> None:
     assert module.validate_email_domain_name is original
     assert memoized == plain
     assert again == plain
+
+
+# --- the plain row: read without pydantic, to exactly UserWrite's outcome ---------------------
+
+SPACES = " \t\x0b\x1c\x1f\x85\xa0\u2007\u200b\u3000"
+LOCAL = st.one_of(
+    st.from_regex(r"[a-zA-Z0-9+_'-]{1,8}(\.[a-zA-Z0-9_-]{1,8})?", fullmatch=True),
+    st.text(alphabet="abcXYZ019.+_-!'", min_size=1, max_size=10),
+)
+# Each field's cells: mostly what a file of valid rows holds (so most rows are decided by the
+# plain path), and the cells where the plain path must step aside for UserWrite.
+PLAIN = {
+    "firstName": st.one_of(
+        st.from_regex(r"[A-Za-zéß'][A-Za-zéß' -]{0,18}[a-zé]", fullmatch=True),
+        st.text(alphabet="AdaLovelaceéß' -", min_size=1, max_size=20),
+        st.text(st.characters(codec="utf-8", exclude_characters="\n\r"), min_size=1, max_size=102),
+    ),
+    "email": st.builds(
+        "{}@{}".format, LOCAL, st.sampled_from(["example.com", "Example.COM", "mail.co.uk"])
+    ),
+    "dateOfBirth": st.dates(date(1890, 1, 1), date(2030, 12, 31)).map(date.isoformat),
+    "timezone": st.sampled_from(["UTC", "Europe/Paris", "Asia/Kolkata", "Etc/GMT+5", "EST5EDT"]),
+    "timezoneOffset": st.one_of(
+        st.integers(-800, 900).map(str),
+        st.builds(
+            "{}{:02d}:{:02d}".format, st.sampled_from("+-"), st.integers(0, 15), st.integers(0, 60)
+        ),
+    ),
+    "sendLocalTime": st.builds("{:02d}:{:02d}".format, st.integers(0, 24), st.integers(0, 60)),
+    "notifications": st.dictionaries(
+        st.sampled_from(["birthday", "anniversary"]), st.booleans(), max_size=2
+    ).map(json.dumps),
+}
+PLAIN["lastName"] = PLAIN["firstName"]
+PLAIN["anniversaryDate"] = PLAIN["dateOfBirth"]
+ODD = {
+    "firstName": st.one_of(
+        st.sampled_from([" Ada", "Ada ", "Ada\u3000", "\x1cAda", "A\x85da", "a" * 100, "a" * 101]),
+        st.text(alphabet="Adaé" + SPACES + "\x00\x7f\n", max_size=6),
+    ),
+    "email": st.one_of(
+        st.sampled_from([*ADDRESSES, " ada@example.com", "Info@example.com", "ada@EXAMPLE.com"]),
+        st.text(alphabet="ab.@-Cé ", max_size=12),
+    ),
+    "dateOfBirth": st.one_of(
+        st.sampled_from(
+            [
+                "1899-12-31",
+                "1900-01-01",
+                "2024-02-29",
+                "2026-02-29",
+                "2026-06-16",
+                " 1990-01-01",
+                "1990-01-01 ",
+                "1990-01-01T10:00",
+                "1990-1-01",
+                "\u0661\u0669\u0669\u0660-\u0660\u0661-\u0660\u0661",
+                "0000-01-01",
+            ]
+        ),
+        st.text(alphabet="0123456789-T:", max_size=12),
+    ),
+    "timezone": st.one_of(
+        st.sampled_from(
+            [
+                "europe/paris",
+                " UTC",
+                "UTC ",
+                "America/Argentina/Buenos_Aires",
+                "Nope/Zone",
+                "a" * 65,
+                "Europe/../Paris",
+            ]
+        ),
+        st.text(alphabet="UTCEurope/_+- ", max_size=8),
+    ),
+    "timezoneOffset": st.sampled_from(
+        [
+            "05:30",
+            "+5:30",
+            "+05:60",
+            "+14:01",
+            "-12:00",
+            "\u0661\u0662",
+            " 1",
+            "1.5",
+            "true",
+            "0330",
+            "-0",
+            "+0",
+            "99999",
+        ]
+    ),
+    "sendLocalTime": st.one_of(
+        st.sampled_from(["9:00", "24:00", "09:00 ", "09:00\n", "\u0660\u0669:\u0660\u0660"]),
+        st.text(alphabet="0129:", max_size=6),
+    ),
+    "notifications": st.sampled_from(
+        [
+            '{"birthday": 1}',
+            '{"nope": true}',
+            "[]",
+            "null",
+            "{",
+            "true",
+            '{"birthday": true, "birthday": "x"}',
+        ]
+    ),
+}
+ODD["lastName"] = ODD["firstName"]
+ODD["anniversaryDate"] = ODD["dateOfBirth"]
+OPTIONAL = ("anniversaryDate", "sendLocalTime", "notifications")
+
+
+@st.composite
+def rows(draw: st.DrawFn) -> tuple[tuple[str, ...], list[str]]:
+    zones = draw(st.sampled_from([("timezone",), ("timezoneOffset",)] * 4 + [ZONE_BOTH, ()]))
+    optional = [name for name in OPTIONAL if draw(st.booleans())]
+    columns = draw(st.permutations([*import_rows.REQUIRED_COLUMNS, *zones, *optional]))
+    cells = []
+    for name in columns:
+        kind = draw(st.integers(0, 15))  # mostly plain; an odd or empty cell now and then
+        cells.append("" if kind == 0 else draw(ODD[name] if kind == 1 else PLAIN[name]))
+    return tuple(columns), cells
+
+
+ZONE_BOTH = ("timezone", "timezoneOffset")
+
+
+@given(rows())
+@settings(max_examples=3000, deadline=None)
+def test_the_plain_path_gives_what_user_write_gives(row: tuple[tuple[str, ...], list[str]]) -> None:
+    """Both ways then go through the same date check, so the row's outcome is the same."""
+    columns, cells = row
+    plain = import_rows._plain_row(columns, cells)
+    if plain is not None:  # decided without pydantic: UserWrite accepts it, with these values
+        assert import_rows._read_with_api(columns, cells) == (plain, [])
+
+
+def test_a_plain_row_takes_the_plain_path() -> None:
+    columns = (
+        "firstName",
+        "lastName",
+        "email",
+        "dateOfBirth",
+        "timezone",
+        "anniversaryDate",
+        "sendLocalTime",
+        "notifications",
+    )
+    cells = [
+        "Ada",
+        "Lovelace",
+        "Ada@Example.COM",
+        "1990-07-01",
+        "Europe/Paris",
+        "2015-05-02",
+        "08:30",
+        '{"anniversary": false}',
+    ]
+    plain = import_rows._plain_row(columns, cells)
+    assert plain is not None
+    assert (plain, []) == import_rows._read_with_api(columns, cells)
+    assert plain.email == "Ada@example.com"
+    offset = import_rows._plain_row(COLUMNS, ["Ada", "L", "ada@example.com", "1990-07-01", "330"])
+    assert offset is not None
+    assert offset.timezone_offset == 330
