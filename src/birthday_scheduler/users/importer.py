@@ -16,21 +16,28 @@ SQLite (one writer at a time, so a look-up then inserts in one transaction is ra
 same look-up, then batched inserts.
 
 Measured (1,000,000 rows of bench/import_csv.py's file, PostgreSQL on this 2-core machine shared
-with other jobs, load average 5-7, so absolute times are ~3x a quiet machine's):
-- Staging + INSERT … SELECT for every chunk, with uuid4 ids: 12.2 s of database time per 200,000
-  rows; look-up + COPY with time-ordered (v7) ids, whose primary keys grow at their right edge:
-  4.2 s. The staging path is kept for the race only.
-- Validation is `UserWrite.model_validate` per row: `TypeAdapter(list[UserWrite])` on dicts in
-  bulk was no faster (105 vs 86 µs a row), the time being in the validators, not the calls.
-  70% of it was email-validator's domain check (IDNA), a pure function of a domain a file
-  repeats: memoized per domain for the import (import_rows.memoized_email_domains), ~86 -> ~22
-  µs a row on a quiet core. What is left is half email-validator's per-address checks, which no
-  memo helps (addresses are unique) and which are not re-implemented here.
+with other jobs, so absolute times vary up to 2x from run to run):
+- Staging + INSERT … SELECT for every chunk, with uuid4 ids (load average 5-7): 12.2 s of
+  database time per 200,000 rows; look-up + COPY with time-ordered (v7) ids, whose primary
+  keys grow at their right edge: 4.2 s. The staging path is kept for the race only.
+- Validation: a row of plain cells is read without pydantic and its address without
+  email-validator's per-address parsing (import_rows._plain_row, fast_email; both proven to
+  give UserWrite's values by Hypothesis tests); any other row goes through UserWrite, whose
+  domain check is memoized per domain (that took it from ~86 to ~22 µs a row). Read +
+  validate + plan (`python -m bench.import_floor --cpu`, 100,000 rows, CPU time): 32.4 ->
+  17.7 (address shortcut) -> 13.4 µs a row.
+- The floor (`python -m bench.import_floor`, 1,000,000 rows validated beforehand, one run):
+  look-up + COPY into the real users and message_schedules take 29.4 s (34,000 rows/s, 8 µs a
+  row of it this process encoding records), COPY alone 26.3 s (users 12.2, schedules 14.1),
+  against 3.5 s for bench's five-column COPY (284,000 rows/s): 0.12x. Three indexes on users,
+  two and a foreign key on message_schedules, and a second row per user are the difference:
+  however little its Python costs, the import stays under ~0.13x of a ceiling of the same run.
 - The next chunk is read, validated and planned in a thread while the database writes the
-  previous one. The import is bound by that Python (~80 µs a row under this load): 1,000,000
-  rows in 95 s (10,478 rows/s), against 25.7 s for a plain COPY of the same rows into `users`
-  (ratio 0.27) and 5.3 s for COPY into bench's five-column table (0.055). Processes in parallel
-  would multiply the memory past the 150 MB budget for at most 2x on two cores.
+  previous one; both need this process's one GIL (13 + 8 µs a row) and the database a core of
+  the two. bench, same sitting, load average 2-3: 1,000,000 rows in 57.2 s (17,495 rows/s,
+  ratio 0.054 to a 3.1 s ceiling) before, 50.9 s (19,630 rows/s, 0.131 to a 6.7 s ceiling)
+  after; peak RSS 108 MB. Processes in parallel would multiply the memory past the 150 MB
+  budget for at most 2x on two cores.
 """
 
 from __future__ import annotations
