@@ -34,9 +34,10 @@ with other jobs, so absolute times vary up to 2x from run to run):
   however little its Python costs, the import stays under ~0.13x of a ceiling of the same run.
 - The next chunk is read, validated and planned in a thread while the database writes the
   previous one; both need this process's one GIL (13 + 8 µs a row) and the database a core of
-  the two. bench, same sitting, load average 2-3: 1,000,000 rows in 57.2 s (17,495 rows/s,
-  ratio 0.054 to a 3.1 s ceiling) before, 50.9 s (19,630 rows/s, 0.131 to a 6.7 s ceiling)
-  after; peak RSS 108 MB. Processes in parallel would multiply the memory past the 150 MB
+  the two. bench, two before/after pairs, load average 2-3: 1,000,000 rows in 57.2 and 62.2 s
+  before (17,495 and 16,080 rows/s; ratio 0.054 and 0.055), 50.9 and 38.9 s after (19,630
+  and 25,680 rows/s; ratio 0.131 and 0.114, the ceiling's COPY taking 3.1-6.7 s); peak RSS
+  108 MB. Processes in parallel would multiply the memory past the 150 MB
   budget for at most 2x on two cores.
 """
 
