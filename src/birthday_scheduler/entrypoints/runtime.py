@@ -24,6 +24,7 @@ from birthday_scheduler.infra.broker.base import DEAD_LETTER_QUEUE, MAIN_QUEUE, 
 from birthday_scheduler.infra.broker.memory import MemoryBroker
 from birthday_scheduler.infra.broker.rabbitmq import RabbitBroker
 from birthday_scheduler.infra.db import create_engine, pool_status, session_factory, warm_pool
+from birthday_scheduler.infra.db_lease import ConnectionLease
 from birthday_scheduler.infra.logging import get_logger
 from birthday_scheduler.infra.metrics import (
     CIRCUIT_BREAKER_STATE,
@@ -87,6 +88,12 @@ async def open_resources(
     settings: Settings, *, broker: Broker | None, clock: Clock | None = None
 ) -> AsyncIterator[Resources]:
     engine = create_engine(settings)
+    lease = None
+    if engine.dialect.name == "postgresql":
+        # One-statement hot paths (the API's reads and creates, the scheduler's idle probe)
+        # reuse connections without the pool's per-checkout greenlets; two are always left
+        # to everything else.
+        lease = ConnectionLease.open(engine, max(1, settings.database_pool_max - 2))
     try:
         if settings.database_pool_min and not settings.is_embedded_database:
             await warm_pool(engine, settings.database_pool_min)
@@ -96,6 +103,8 @@ async def open_resources(
     finally:
         if broker is not None:
             await broker.close()
+        if lease is not None:
+            await lease.close()
         await engine.dispose()
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.util import greenlet_spawn
 
 from birthday_scheduler.infra.db_faults import is_unavailable
+from birthday_scheduler.infra.db_lease import lease_of
 from birthday_scheduler.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
@@ -126,6 +127,19 @@ async def driver_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     (a constraint, say) interrupted it: cancelled mid-statement, it is in no known state. A
     dead connection also invalidates the pool, as SQLAlchemy does on a disconnect, so the
     other connections from before a restart are replaced at their next checkout."""
+    lease = lease_of(engine)
+    if lease is not None:
+        leased = await lease.acquire()
+        try:
+            yield leased.driver_connection
+        except BaseException as exc:
+            if isinstance(getattr(exc, "sqlstate", None), str) and not is_unavailable(exc):
+                lease.release(leased)
+            else:
+                await lease.drop(leased, exc)
+            raise
+        lease.release(leased)
+        return
     pooled = await engine.raw_connection()
     try:
         yield pooled.driver_connection
