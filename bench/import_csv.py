@@ -5,6 +5,12 @@ and unique emails. import_rows_per_s is rows over the command's wall time (start
 its ceiling is COPY of the same file into a table of the same five columns with the users'
 unique index on lower(email): the cheapest way PostgreSQL takes those rows. A code version
 without the command reports the key as not available.
+
+After the ceiling, on a fresh database, the detail gives the floor of the real tables
+(bench/import_floor.py's `real_tables`): the same rows validated and planned beforehand, then
+only written as the importer writes them (live-email look-up, COPY into `users` and
+`message_schedules` with their indexes, checks and foreign key). No import can beat it, so it
+tells how much of the distance to the ceiling is the schema's and how much the command's.
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ def _run_import(ctx: Context, url: str, csv: Path) -> tuple[float, int, float]:
     return elapsed, process.returncode, usage.ru_maxrss / 1024
 
 
-async def _copy_s(url: str, csv: Path) -> float:
+async def ceiling_copy_s(url: str, csv: Path) -> float:
+    """Seconds of the ceiling: COPY of the CSV into the five-column table."""
     conn = await asyncpg.connect(url)
     try:
         await conn.execute(COPY_TABLE)
@@ -93,10 +100,31 @@ async def run(ctx: Context) -> dict[str, Result]:
     url = database_url(await ctx.scope.database(ctx.code))
     elapsed, code, rss_mb = _run_import(ctx, url, csv)
     imported = await _count(url)
-    copy_s = await _copy_s(database_url(await ctx.scope.database(ctx.code)), csv)
+    copy_s = await ceiling_copy_s(database_url(await ctx.scope.database(ctx.code)), csv)
+    floor_clause = await _floor(ctx, csv, rows / elapsed, rows / copy_s)
     detail = (
         f"{rows:,} rows in {elapsed:.1f} s, exit {code}, {imported:,} users after; "
-        f"command peak RSS {rss_mb:.0f} MB; ceiling: COPY in {copy_s:.1f} s"
+        f"command peak RSS {rss_mb:.0f} MB; ceiling: COPY in {copy_s:.1f} s; {floor_clause}"
     )
     failed = "" if code == 0 and imported == rows else f"exit {code}, {imported:,} of {rows:,}"
     return {key: Result(key, rows / elapsed, unit, rows / copy_s, detail, failed=failed)}
+
+
+async def _floor(ctx: Context, csv: Path, rate: float, ceiling: float) -> str:
+    """The detail's floor clause: the real tables' write of the same rows, prepared beforehand."""
+    # Imported here: import_floor builds on this module's file and ceiling.
+    from bench.import_floor import real_tables
+
+    url = database_url(await ctx.scope.database(ctx.code))
+    try:
+        found = await real_tables(url, csv)
+    except asyncpg.PostgresError as exc:  # another code's schema (--code) may not take the rows
+        return f"floor: not measured ({type(exc).__name__})"
+    rows = found.users
+    floor, copy_only = rows / found.write_s, rows / found.copy_s
+    return (
+        f"floor: the same rows prepared beforehand, written as the importer writes them "
+        f"(live-email look-up + COPY into users + message_schedules) in {found.write_s:.2f} s "
+        f"({floor:,.0f} rows/s, {floor / ceiling:.2f}x of the ceiling; the COPYs alone "
+        f"{copy_only / ceiling:.2f}x); import at {rate / floor:.2f}x of that floor"
+    )

@@ -1,4 +1,5 @@
-"""How fast `users import` could be, part by part: not a suite group, a probe run by hand.
+"""How fast `users import` could be, part by part: a probe run by hand, and the floor that the
+suite's import group (bench/import_csv.py) measures after its ceiling with the same `real_tables`.
 
     .venv/bin/python -m bench.import_floor [--rows N]          # the database floor
     .venv/bin/python -m bench.import_floor --cpu [--rows N]    # validate+plan CPU per row
@@ -27,12 +28,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]
 
-from bench.import_csv import COPY_TABLE, write_csv
+from bench.import_csv import ceiling_copy_s, write_csv
 from bench.services import Code, Scope, database_url
 from birthday_scheduler.users import fast_email, import_rows, importer
 from birthday_scheduler.users.import_rows import PreparedChunk
@@ -65,27 +67,32 @@ def _prepared(path: Path) -> Iterator[PreparedChunk]:
             yield import_rows.prepare_chunk(records, columns, SEND_TIME, datetime.now(UTC))
 
 
-async def _ceiling(url: str, path: Path) -> float:
-    """Seconds for the suite's ceiling: COPY of the CSV into the five-column table."""
-    conn = await asyncpg.connect(url)
-    try:
-        await conn.execute(COPY_TABLE)
-        started = time.perf_counter()
-        await conn.copy_to_table(
-            "bench_copy",
-            source=str(path),
-            columns=["first_name", "last_name", "email", "date_of_birth", "timezone"],
-            format="csv",
-            header=True,
-        )
-        return time.perf_counter() - started
-    finally:
-        await conn.close()
+@dataclass(frozen=True)
+class Floor:
+    """The database's part of an import of prepared rows: seconds of the live-email look-ups, of
+    the COPYs into users and into message_schedules (the commit included), this process's CPU
+    seconds in them (asyncpg encoding the records); rows written to each table."""
+
+    lookup_s: float
+    users_s: float
+    schedules_s: float
+    client_s: float
+    users: int
+    schedules: int
+
+    @property
+    def copy_s(self) -> float:
+        return self.users_s + self.schedules_s
+
+    @property
+    def write_s(self) -> float:
+        """The importer's write: look-up and COPYs."""
+        return self.lookup_s + self.copy_s
 
 
-async def _real_tables(url: str, path: Path) -> tuple[float, float, float, float, int, int]:
-    """Seconds of look-ups, of COPYs into users and into message_schedules, this process's CPU
-    seconds in them (asyncpg encoding the records); users, schedules."""
+async def real_tables(url: str, path: Path) -> Floor:
+    """The CSV at `path`, validated and planned first (untimed), written into the real tables of
+    the migrated database at `url` as the importer writes a chunk; only the database is timed."""
     conn = await asyncpg.connect(url)
     lookup_s = users_s = schedules_s = client_s = 0.0
     users = schedules = 0
@@ -106,13 +113,14 @@ async def _real_tables(url: str, path: Path) -> tuple[float, float, float, float
                 )
             done = time.perf_counter()
             client_s += time.process_time() - cpu
-            assert not taken
+            if taken:  # a fresh database holds none of the file's emails
+                raise RuntimeError(f"floor: {len(taken)} emails already live")
             lookup_s += looked - started
             users_s += copied - looked
             schedules_s += done - copied  # the commit included
             users += len(chunk.users)
             schedules += len(chunk.schedules)
-        return lookup_s, users_s, schedules_s, client_s, users, schedules
+        return Floor(lookup_s, users_s, schedules_s, client_s, users, schedules)
     finally:
         await conn.close()
 
@@ -124,34 +132,31 @@ async def floor(rows: int) -> None:
         with tempfile.TemporaryDirectory(prefix="import-floor-") as workdir:
             path = Path(workdir) / "users.csv"
             write_csv(path, rows)
-            before = await _ceiling(database_url(await scope.database(code)), path)
-            lookup_s, users_s, schedules_s, client_s, users, schedules = await _real_tables(
-                database_url(await scope.database(code)), path
-            )
-            after = await _ceiling(database_url(await scope.database(code)), path)
+            before = await ceiling_copy_s(database_url(await scope.database(code)), path)
+            found = await real_tables(database_url(await scope.database(code)), path)
+            after = await ceiling_copy_s(database_url(await scope.database(code)), path)
     finally:
         problems = await scope.close()
         for problem in problems:
             print(problem, file=sys.stderr)
     ceiling = rows / statistics.mean((before, after))
-    copy_s = users_s + schedules_s
-    copy_rate = rows / copy_s
-    write_rate = rows / (lookup_s + copy_s)
-    print(f"{rows:,} rows: {users:,} users, {schedules:,} schedules")
+    copy_rate = rows / found.copy_s
+    write_rate = rows / found.write_s
+    print(f"{rows:,} rows: {found.users:,} users, {found.schedules:,} schedules")
     print(
         f"ceiling (COPY CSV -> 5-column table): {before:.2f} s before, {after:.2f} s after "
         f"= {ceiling:,.0f} rows/s"
     )
     print(
-        f"real tables, COPY only: {copy_s:.2f} s = {copy_rate:,.0f} rows/s "
-        f"({copy_rate / ceiling:.2f}x ceiling): users {users_s:.2f} s, "
-        f"message_schedules {schedules_s:.2f} s"
+        f"real tables, COPY only: {found.copy_s:.2f} s = {copy_rate:,.0f} rows/s "
+        f"({copy_rate / ceiling:.2f}x ceiling): users {found.users_s:.2f} s, "
+        f"message_schedules {found.schedules_s:.2f} s"
     )
     print(
-        f"real tables, look-up + COPY (the importer's write): {lookup_s + copy_s:.2f} s "
+        f"real tables, look-up + COPY (the importer's write): {found.write_s:.2f} s "
         f"= {write_rate:,.0f} rows/s ({write_rate / ceiling:.2f}x ceiling)"
     )
-    print(f"this process's CPU in those writes: {client_s / rows * 1e6:.1f} µs/row")
+    print(f"this process's CPU in those writes: {found.client_s / rows * 1e6:.1f} µs/row")
     print(f"0.5x ceiling = {ceiling / 2:,.0f} rows/s")
 
 
