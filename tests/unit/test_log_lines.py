@@ -10,7 +10,10 @@ import re
 import subprocess
 import sys
 import textwrap
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from birthday_scheduler.infra.logging import _utc_now_iso
 
 TIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z")
 
@@ -122,3 +125,20 @@ def test_console_format_renders_both_paths_masked() -> None:
     assert "ValueError: Key <redacted-email> already exists." in out
     assert "last.words" in out.splitlines()[-1]
     assert "below.level" not in out
+
+
+def test_time_is_what_datetime_isoformat_gives_with_z() -> None:
+    instants_ns = [
+        0,
+        999,  # under a microsecond: no fraction, as isoformat leaves it out
+        1_764_688_800_000_000_000,
+        1_764_688_800_000_001_999,
+        1_764_688_799_999_999_999,  # the last microsecond of a second, then the next second
+        1_764_688_800_123_456_789,
+        1_764_688_800_123_456_789,  # the same second again: the cached date and time
+    ]
+    for now_ns in instants_ns:
+        seconds, nanos = divmod(now_ns, 1_000_000_000)
+        expected = datetime.fromtimestamp(seconds, UTC) + timedelta(microseconds=nanos // 1000)
+        assert _utc_now_iso(now_ns) == expected.isoformat().replace("+00:00", "Z")
+        assert TIME_RE.fullmatch(_utc_now_iso(now_ns))

@@ -16,6 +16,7 @@ import logging
 import math
 import re
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -82,10 +83,26 @@ def _stamp(logger: Any, method: str, event_dict: EventDict) -> EventDict:
     structlog.contextvars.merge_contextvars(logger, method, event_dict)
     event_dict["level"] = name
     event_dict["logger"] = logger.name
-    event_dict["time"] = datetime.datetime.now(tz=_UTC).isoformat().replace("+00:00", "Z")
+    event_dict["time"] = _utc_now_iso(time.time_ns())
     if "exc_info" in event_dict:
         return structlog.processors.format_exc_info(logger, method, event_dict)
     return event_dict
+
+
+_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
+def _utc_now_iso(now_ns: int) -> str:
+    """What `datetime.now(UTC).isoformat()` with Z for +00:00 gives (microseconds truncated,
+    left out when zero, as there), with the date and time formatted once per second."""
+    global _second
+    seconds, nanos = divmod(now_ns, 1_000_000_000)
+    second = _second  # one read: another thread may move it on meanwhile
+    if second[0] != seconds:
+        stamp = datetime.datetime.fromtimestamp(seconds, _UTC).replace(tzinfo=None).isoformat()
+        second = _second = (seconds, stamp)
+    micros = nanos // 1000
+    return f"{second[1]}.{micros:06d}Z" if micros else f"{second[1]}Z"
 
 
 _json_renderer = structlog.processors.JSONRenderer()
