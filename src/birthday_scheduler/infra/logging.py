@@ -7,6 +7,8 @@ last line of defence, although no code logs personal data on purpose.
 This service's own events are rendered once, by structlog, and the finished line is written to
 that handler's stream under the handler's lock: no stdlib LogRecord, no caller-frame lookup,
 no second pass through a formatter. That is most of the cost of a request's access log line.
+So those events reach that handler only: a handler added to the root logger later (pytest's
+caplog, say) sees library records but not them; structlog.testing.capture_logs still works.
 """
 
 from __future__ import annotations
@@ -207,10 +209,7 @@ def configure_logging(level: LogLevel = "info", fmt: str = "json") -> None:
 
     handler = logging.StreamHandler(sys.stdout)
     structlog.configure(
-        processors=[
-            _stamp,
-            *finish,
-        ],
+        processors=[_stamp, *finish],
         logger_factory=_HandlerWriterFactory(handler),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
