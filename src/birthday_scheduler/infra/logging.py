@@ -107,15 +107,16 @@ def _utc_now_iso(now_ns: int) -> str:
     return f"{second[1]}.{micros:06d}Z" if micros else f"{second[1]}Z"
 
 
-_json_renderer = structlog.processors.JSONRenderer()
+# Compact like orjson's lines, so every line has the same spacing.
+_json_renderer = structlog.processors.JSONRenderer(separators=(",", ":"))
 
 
 def _render_json(logger: Any, method: str, event_dict: EventDict) -> str:
     """Masks emails, puts the event last and renders one line of JSON.
 
-    orjson (compact separators) when every value is plain; anything else (a UUID, a datetime,
-    an enum, a nested dict, a non-finite float, an int beyond 64 bits, non-ASCII text) goes to
-    the json module with structlog's fallback, so no value renders differently from before.
+    orjson when every value is plain; anything else (a UUID, a datetime, an enum, a nested
+    dict, a non-finite float, an int beyond 64 bits, non-ASCII text) goes to the json module
+    with structlog's fallback, so no value renders differently from before.
     Emails are looked for in the rendered line first: most lines have no "@" at all.
     """
     event_dict["event"] = event_dict.pop("event", "")
