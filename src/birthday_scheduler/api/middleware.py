@@ -41,8 +41,7 @@ class RequestObserver:
         method = scope["method"]
         self._count(method, route, status).inc()
         self._histogram(method, route).observe(elapsed)
-        # Asked first: structlog runs every processor (timestamp, masking) before the stdlib
-        # logger drops a line below its level.
+        # Asked first: below info (LOG_LEVEL=warn) the line's fields are not even built.
         if (route not in _QUIET_ROUTES or status >= 500) and _info_enabled():
             client = scope.get("client")
             log.info(
@@ -110,8 +109,8 @@ class ObservabilityMiddleware:
 
 
 def _info_enabled() -> bool:
-    # The stdlib-backed logger configure_logging installs can tell; structlog's default
-    # (unconfigured, as in tests) cannot, and prints everything.
+    # The logger configure_logging installs answers from the stdlib level; structlog's
+    # default (unconfigured, as in tests) cannot, and prints everything.
     check = getattr(log, "isEnabledFor", None)
     return check is None or bool(check(logging.INFO))
 
