@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
 from birthday_scheduler.api.app import create_app
 from birthday_scheduler.entrypoints import runtime
+from birthday_scheduler.infra.broker.base import Broker
 from birthday_scheduler.infra.logging import get_logger
 from birthday_scheduler.settings import Settings
+from birthday_scheduler.users import fast_email
 
 log = get_logger(__name__)
 
@@ -18,6 +21,14 @@ async def main(settings: Settings) -> None:
         log.warning("api.unauthenticated", reason="API_TOKENS not set; bound to loopback only")
     stop = runtime.stop_on_signals()
     broker = runtime.build_broker(settings, embedded_allowed=False)
+    # POST /users checks each address's domain once, not per request (users/fast_email.py:
+    # email-validator's own verdict, remembered per domain).
+    with fast_email.installed():
+        await _serve(settings, stop, broker)
+    log.info("api.stopped")
+
+
+async def _serve(settings: Settings, stop: asyncio.Event, broker: Broker | None) -> None:
     async with runtime.open_resources(settings, broker=broker) as resources:
         app = create_app(runtime.api_context(resources))
         # Everything built so far lives as long as the process: move it out of the cyclic
@@ -31,4 +42,3 @@ async def main(settings: Settings) -> None:
             runtime.serve_http(app, settings.host, settings.port, stop, settings.shutdown_grace_s),
             runtime.refresh_gauges(resources, stop),
         )
-    log.info("api.stopped")

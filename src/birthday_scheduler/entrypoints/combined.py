@@ -18,6 +18,7 @@ from birthday_scheduler.infra import migrate
 from birthday_scheduler.infra.logging import get_logger
 from birthday_scheduler.settings import Settings
 from birthday_scheduler.simulator.app import SimulatorConfig, start_simulator
+from birthday_scheduler.users import fast_email
 
 log = get_logger(__name__)
 
@@ -36,6 +37,12 @@ async def _message_service_url(settings: Settings) -> AsyncIterator[str | None]:
 
 
 async def main(settings: Settings) -> None:
+    # POST /users checks each address's domain once, not per request (users/fast_email.py).
+    with fast_email.installed():
+        await _main(settings)
+
+
+async def _main(settings: Settings) -> None:
     settings.require_safe_api_binding()
     stop = runtime.stop_on_signals()
     broker = runtime.build_broker(settings, embedded_allowed=True)
