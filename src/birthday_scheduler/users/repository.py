@@ -152,29 +152,41 @@ def _page_with_plans_statement(*, after: bool) -> Select[Any]:
     )
 
 
-def _create_statement() -> Any:
+def _create_statement(*, one_kind: bool) -> Any:
     """PostgreSQL: a new user and its whole plan in one statement (so one transaction and one
-    round trip); the plan comes as three parallel arrays."""
+    round trip). The plan comes as three parallel arrays, or, for the common plan of one kind,
+    as three values: measured, that saves a quarter of the statement's client CPU (array
+    encoding) and the server's unnest."""
     new_user = (
         insert(_users)
         .values({column.name: bindparam(column.name, type_=column.type) for column in USER_COLUMNS})
         .returning(_u.id)
         .cte("new_user")
     )
-    plan = (
-        func.unnest(
-            bindparam("kinds", type_=postgresql.ARRAY(String())),
-            bindparam("instants", type_=postgresql.ARRAY(DateTime(timezone=True))),
-            bindparam("dates", type_=postgresql.ARRAY(Date())),
+    if one_kind:
+        source = select(
+            new_user.c.id,
+            bindparam("kind", type_=String()),
+            bindparam("next_fire_at", type_=DateTime(timezone=True)),
+            bindparam("occasion_date", type_=Date()),
         )
-        .table_valued("kind", "next_fire_at", "occasion_date", name="plan")
-        .render_derived()
-    )
+    else:
+        plan = (
+            func.unnest(
+                bindparam("kinds", type_=postgresql.ARRAY(String())),
+                bindparam("instants", type_=postgresql.ARRAY(DateTime(timezone=True))),
+                bindparam("dates", type_=postgresql.ARRAY(Date())),
+            )
+            .table_valued("kind", "next_fire_at", "occasion_date", name="plan")
+            .render_derived()
+        )
+        source = (
+            select(new_user.c.id, plan.c.kind, plan.c.next_fire_at, plan.c.occasion_date)
+            .select_from(new_user)
+            .join(plan, true())
+        )
     return insert(_schedules).from_select(
-        ["user_id", "kind", "next_fire_at", "occasion_date"],
-        select(new_user.c.id, plan.c.kind, plan.c.next_fire_at, plan.c.occasion_date)
-        .select_from(new_user)
-        .join(plan, true()),
+        ["user_id", "kind", "next_fire_at", "occasion_date"], source
     )
 
 
@@ -193,7 +205,8 @@ _PAGE_FIRST = _Read.of(_page_with_plans_statement(after=False))
 _PAGE_AFTER = _Read.of(_page_with_plans_statement(after=True))
 _INSERT_USER = insert(_users)
 _INSERT_PLAN = insert(_schedules)
-_PG_CREATE = sql.for_asyncpg(_create_statement())
+_PG_CREATE = sql.for_asyncpg(_create_statement(one_kind=False))
+_PG_CREATE_ONE_KIND = sql.for_asyncpg(_create_statement(one_kind=True))
 
 Row = Sequence[Any]
 Plan = list[tuple[str, datetime]]
@@ -257,12 +270,17 @@ async def insert_user_with_plan(
                 **values,
                 # asyncpg takes JSON as text (the codec SQLAlchemy installs encodes str).
                 "notifications": orjson.dumps(values["notifications"]).decode(),
-                "kinds": [kind for kind, _, _ in plan],
-                "instants": [instant for _, instant, _ in plan],
-                "dates": [day for _, _, day in plan],
             }
+            if len(plan) == 1:
+                statement = _PG_CREATE_ONE_KIND
+                ((params["kind"], params["next_fire_at"], params["occasion_date"]),) = plan
+            else:
+                statement = _PG_CREATE
+                params["kinds"] = [kind for kind, _, _ in plan]
+                params["instants"] = [instant for _, instant, _ in plan]
+                params["dates"] = [day for _, _, day in plan]
             async with driver_connection(engine) as conn:
-                await conn.execute(_PG_CREATE.sql, *_PG_CREATE.arguments(params))
+                await conn.execute(statement.sql, *statement.arguments(params))
             return
         async with engine.begin() as conn:
             await conn.execute(_INSERT_USER, values)
