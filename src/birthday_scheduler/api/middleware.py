@@ -14,10 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from birthday_scheduler.api.problems import problem_response
 from birthday_scheduler.errors import ProblemError
-from birthday_scheduler.infra.logging import get_logger
+from birthday_scheduler.infra.logging import enabled_for, get_logger
 from birthday_scheduler.infra.metrics import HTTP_DURATION, HTTP_REQUESTS
 
-log = get_logger("birthday_scheduler.http")
+_LOG_NAME = "birthday_scheduler.http"
+log = get_logger(_LOG_NAME)
 _BODY_METHODS = {"POST", "PUT", "PATCH"}
 _QUIET_ROUTES = {"/metrics", "/alive", "/ready", "/health"}
 # Bounds the series cache: methods, route templates and statuses are few.
@@ -109,10 +110,7 @@ class ObservabilityMiddleware:
 
 
 def _info_enabled() -> bool:
-    # The logger configure_logging installs answers from the stdlib level; structlog's
-    # default (unconfigured, as in tests) cannot, and prints everything.
-    check = getattr(log, "isEnabledFor", None)
-    return check is None or bool(check(logging.INFO))
+    return enabled_for(_LOG_NAME, logging.INFO)
 
 
 def _request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:

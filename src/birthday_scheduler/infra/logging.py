@@ -209,9 +209,12 @@ def configure_logging(level: LogLevel = "info", fmt: str = "json") -> None:
         finish = [_render_json]  # masks and renames too
 
     handler = logging.StreamHandler(sys.stdout)
+    factory = _HandlerWriterFactory(handler)
+    _installed.clear()
+    _installed.append(factory)
     structlog.configure(
         processors=[_stamp, *finish],
-        logger_factory=_HandlerWriterFactory(handler),
+        logger_factory=factory,
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
     )
@@ -248,6 +251,20 @@ def configure_logging(level: LogLevel = "info", fmt: str = "json") -> None:
     logging.getLogger("alembic").setLevel(max(_LEVELS[level], logging.WARNING))
     logging.getLogger("aiormq").setLevel(max(_LEVELS[level], logging.WARNING))
     logging.getLogger("aio_pika").setLevel(max(_LEVELS[level], logging.WARNING))
+
+
+# The factory configure_logging installed last: while structlog still uses it, a level check
+# is the stdlib logger's (what _stamp asks first).
+_installed: list[_HandlerWriterFactory] = []
+
+
+def enabled_for(name: str, level: int) -> bool:
+    """Whether a line at `level` from logger `name` would be written: the stdlib level under
+    configure_logging's setup; any other structlog setup (unconfigured, a test's) writes all.
+    Cheaper than asking a structlog logger, whose lazy proxy builds a bound logger to answer."""
+    if _installed and structlog.get_config()["logger_factory"] is _installed[0]:
+        return logging.getLogger(name).isEnabledFor(level)
+    return True
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
