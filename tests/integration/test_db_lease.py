@@ -163,3 +163,19 @@ async def test_the_rest_of_the_service_keeps_two_connections(pg_database_url: st
         release.set()
         await asyncio.gather(*busy)
     assert lease_of(engine) is None
+
+
+async def test_a_parked_connection_the_server_ended_still_frees_its_slot(
+    engine: AsyncEngine,
+) -> None:
+    lease = ConnectionLease.open(engine, limit=2, idle_s=0.05)
+    async with driver_connection(engine) as conn:
+        pid = await conn.fetchval("SELECT pg_backend_pid()")
+        driver = conn
+    await pg_admin(f"SELECT pg_terminate_backend({pid})")
+    await eventually(driver.is_closed)
+    # Given back to the pool when idle, dead or not: the slot is free and the pool serves.
+    await eventually(lambda: checked_out(engine) == 0 and lease.held == 0)
+    async with engine.connect() as other:
+        assert (await other.execute(text("SELECT 1"))).scalar() == 1
+    await lease.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import weakref
 from typing import Any
 
@@ -26,6 +27,9 @@ from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.util import greenlet_spawn
 
 from birthday_scheduler.infra.db_faults import is_unavailable
+from birthday_scheduler.infra.logging import get_logger
+
+log = get_logger(__name__)
 
 _LEASES: weakref.WeakKeyDictionary[AsyncEngine, ConnectionLease] = weakref.WeakKeyDictionary()
 
@@ -166,7 +170,12 @@ class ConnectionLease:
 
         async def give_back() -> None:
             for pooled in connections:
-                await greenlet_spawn(pooled.close)
+                try:
+                    await greenlet_spawn(pooled.close)
+                except Exception as exc:  # a connection that died while parked
+                    log.info("db.lease_give_back_failed", error=type(exc).__name__)
+                    with contextlib.suppress(Exception):
+                        await greenlet_spawn(pooled.invalidate, exc)
 
         task = asyncio.get_running_loop().create_task(give_back())
         self._returning.add(task)
