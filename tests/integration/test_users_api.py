@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import httpx
@@ -159,6 +160,19 @@ async def test_malformed_json_wrong_type_and_oversized(client: httpx.AsyncClient
     assert_problem(missing_type, 415)
     huge = await client.post("/users", json=user_body(firstName="x" * 20_000))
     assert_problem(huge, 413)
+
+
+async def test_a_streamed_body_over_the_limit_is_413(client: httpx.AsyncClient) -> None:
+    """No Content-Length to refuse up front: the body is counted as it arrives."""
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(5):
+            yield b" " * 10_000
+
+    response = await client.post(
+        "/users", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_problem(response, 413)
 
 
 async def test_unknown_and_malformed_ids(client: httpx.AsyncClient) -> None:

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from birthday_scheduler.api.context import ApiContext
 from birthday_scheduler.api.json import dumps
-from birthday_scheduler.api.middleware import RequestObserver, replay, request_id
+from birthday_scheduler.api.middleware import RequestObserver, read_body, replay, request_id
 from birthday_scheduler.api.problems import problem_response, unexpected_problem
 from birthday_scheduler.api.security import Guard
 from birthday_scheduler.errors import ProblemError
@@ -86,19 +86,10 @@ class HotPaths:
         ):
             await self.app(scope, receive, send)  # the body guard answers 413 or 415
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False) or size > self.max_body_bytes:
-                break
-        body = b"".join(chunks)
-        user = _valid_user(body) if size <= self.max_body_bytes else None
+        body = await read_body(receive, self.max_body_bytes)
+        if body is None:
+            return  # the client went away
+        user = _valid_user(body) if len(body) <= self.max_body_bytes else None
         if user is None:  # the framework answers, with each field and why (or 413)
             await self.app(scope, replay(body, receive), send)
             return

@@ -186,21 +186,13 @@ class BodyGuardMiddleware:
             return
 
         # Bodies are small (a user is well under a kilobyte): read it whole, then replay it.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # client went away
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                await self._reject(scope, send, _too_large(self.max_body_bytes))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await self.app(scope, replay(b"".join(chunks), receive), send)
+        body = await read_body(receive, self.max_body_bytes)
+        if body is None:
+            return  # client went away
+        if len(body) > self.max_body_bytes:
+            await self._reject(scope, send, _too_large(self.max_body_bytes))
+            return
+        await self.app(scope, replay(body, receive), send)
 
     @staticmethod
     async def _reject(scope: Scope, send: Send, problem: ProblemError) -> None:
@@ -210,6 +202,22 @@ class BodyGuardMiddleware:
 
 def _too_large(limit: int) -> ProblemError:
     return ProblemError(413, "Content Too Large", f"The body must not exceed {limit} bytes.")
+
+
+async def read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request body, read until it ends or has passed `limit` bytes (so a body longer than
+    `limit` means "too large"); None when the client went away."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False) or size > limit:
+            return b"".join(chunks)
 
 
 def replay(body: bytes, receive: Receive) -> Receive:
