@@ -268,17 +268,7 @@ def _read_with_api(
         body = UserWrite.model_validate(data)
     except ValidationError as exc:
         return None, validation_problem([dict(e) for e in exc.errors()]).errors
-    return Fields(
-        body.first_name,
-        body.last_name,
-        body.email,
-        body.date_of_birth,
-        body.timezone,
-        body.timezone_offset,
-        body.anniversary_date,
-        body.send_local_time,
-        body.notifications,
-    ), []
+    return Fields._make(getattr(body, name) for name in Fields._fields), []
 
 
 # --- the plain row -------------------------------------------------------------------------
