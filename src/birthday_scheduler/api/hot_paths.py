@@ -61,26 +61,27 @@ class HotPaths:
                 if _USER.fullmatch(path):
                     user_id = uuid.UUID(path[_ID_AT:])
                     await self._answer(
-                        scope, send, "/users/{user_id}", 200,
+                        scope, send, _headers(scope), "/users/{user_id}", 200,
                         lambda: read_user_document(self.context, user_id),
                     )  # fmt: skip
                     return
             elif method == "POST" and path == "/users":
-                await self._create(scope, receive, send)
+                await self._create(scope, receive, send, _headers(scope))
                 return
         await self.app(scope, receive, send)
 
     async def _alive(self, scope: Scope, send: Send) -> None:
         started = time.perf_counter()
-        rid = _header(scope, b"x-request-id", last=True)
+        rid = _headers(scope).get(b"x-request-id", b"")
         await _send_json(send, 200, _ALIVE, request_id(rid))
         self.observer.record(scope, "/alive", 200, time.perf_counter() - started)
 
-    async def _create(self, scope: Scope, receive: Receive, send: Send) -> None:
-        content_type = _header(scope, b"content-type", last=True)
-        declared = _header(scope, b"content-length", last=True)
+    async def _create(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> None:
+        declared = headers.get(b"content-length", b"")
         if not (
-            content_type == b"application/json"
+            headers.get(b"content-type") == b"application/json"
             and declared.isdigit()
             and int(declared) <= self.max_body_bytes
         ):
@@ -94,20 +95,21 @@ class HotPaths:
             await self.app(scope, replay(body, receive), send)
             return
         await self._answer(
-            scope, send, "/users", 201, lambda: create_user_document(self.context, user)
+            scope, send, headers, "/users", 201, lambda: create_user_document(self.context, user)
         )
 
     async def _answer(
         self,
         scope: Scope,
         send: Send,
+        headers: dict[bytes, bytes],
         route: str,
         status: int,
         work: Callable[[], Awaitable[dict[str, Any]]],
     ) -> None:
         """Guard, run `work`, answer its document as JSON with `status`, or its problem."""
         started = time.perf_counter()
-        rid = request_id(_header(scope, b"x-request-id", last=True))
+        rid = request_id(headers.get(b"x-request-id", b""))
         answered = 500
         tokens = structlog.contextvars.bind_contextvars(request_id=rid)
         try:
@@ -115,7 +117,7 @@ class HotPaths:
                 client = scope.get("client")
                 self.guard.check(
                     client[0] if client else "unknown",
-                    _header(scope, b"authorization").decode("latin-1"),
+                    headers.get(b"authorization", b"").decode("latin-1"),
                 )
                 body = dumps(await work())
             except ProblemError as problem:
@@ -143,16 +145,17 @@ def _valid_user(body: bytes) -> UserWrite | None:
         return None
 
 
-def _header(scope: Scope, name: bytes, *, last: bool = False) -> bytes:
-    """A request header's value (b"" if absent): the first sent, as Starlette's Request reads
-    it, or the last, as the body guard and the request id read theirs."""
-    found = b""
+_READ = frozenset({b"authorization", b"content-length", b"content-type", b"x-request-id"})
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    """The request headers this module reads, in one pass: the last of each, as the body guard
+    and the request id read theirs, but the first Authorization, as Starlette's Request does."""
+    found: dict[bytes, bytes] = {}
     for key, value in scope["headers"]:
-        if key == name:
-            if not last:
-                return bytes(value)
-            found = value
-    return bytes(found)
+        if key in _READ and not (key == b"authorization" and key in found):
+            found[key] = bytes(value)
+    return found
 
 
 async def _send_json(send: Send, status: int, body: bytes, rid: str) -> None:
